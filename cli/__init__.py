@@ -1,0 +1,1 @@
+"""Thin command-line entry points: parse arguments, load the config, call the library."""

@@ -91,10 +91,10 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     """One line: `source: field.path: message` for the first error, counting the rest."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+    elif first["type"] != "missing" and not isinstance(first.get("input"), dict):
         msg = f"{msg} (got {first['input']!r})"
     more = len(err.errors()) - 1
     return f"{source}: {loc}: {msg}" + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")

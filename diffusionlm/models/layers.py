@@ -1,0 +1,128 @@
+"""The Transformer's building blocks, written from scratch with `(d_out, d_in)` weights.
+
+Each layer owns its parameters and their initialisation; the matrix products go through the
+same primitive kernels `torch.nn` uses, so writing them ourselves costs no speed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Linear(nn.Module):
+    """y = x W^T with W of shape (d_out, d_in) and no bias (modern LMs drop biases).
+
+    Initialised from a normal with std `init_std` (GPT-2's 0.02 by default) truncated at
+    3 std, so no weight starts as an outlier.
+    """
+
+    def __init__(self, d_in: int, d_out: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.weight = nn.Parameter(torch.empty(d_out, d_in, dtype=torch.float32))
+        self.init_std = init_std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.weight, std=self.init_std, a=-3 * self.init_std, b=3 * self.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}"
+
+
+class Embedding(nn.Module):
+    """Token id -> vector lookup; weight (num_embeddings, d_model), truncated-normal init."""
+
+    def __init__(self, num_embeddings: int, d_model: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, d_model, dtype=torch.float32))
+        self.init_std = init_std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.weight, std=self.init_std, a=-3 * self.init_std, b=3 * self.init_std)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g, computed in float32 whatever the input dtype.
+
+    Squaring bf16 activations loses too much precision, so we upcast, normalise and cast
+    back: the standard recipe for stable mixed-precision training.
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, dtype=torch.float32))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W2 (silu(W1 x) * W3 x) (Shazeer 2020). W1 and W3 are stored as one fused
+    (2*d_ff, d_model) matrix so the input is read once."""
+
+    def __init__(self, d_model: int, d_ff: int, out_init_std: float = 0.02) -> None:
+        super().__init__()
+        self.w13 = Linear(d_model, 2 * d_ff)
+        self.w2 = Linear(d_ff, d_model, init_std=out_init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021) in the "rotate half" layout.
+
+    Dimension i of the first half and dimension i of the second half form one rotated pair
+    with frequency theta^(-2i/d). This is the interleaved-pair RoPE of the paper up to a fixed
+    permutation of head dimensions (which the learned Q/K projections absorb) and avoids the
+    strided gathers of the interleaved form. cos/sin tables are float32 and grow on demand.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, max_positions: int = 2048) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+        self.head_dim, self.theta = head_dim, theta
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self._build(max_positions)
+
+    def _build(self, num_positions: int) -> None:
+        device = self.inv_freq.device
+        angles = torch.outer(torch.arange(num_positions, dtype=torch.float64, device=device), self.inv_freq.double())
+        self.register_buffer("cos_table", angles.cos().float(), persistent=False)
+        self.register_buffer("sin_table", angles.sin().float(), persistent=False)
+
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin for `positions` ((L,) or (B, L)), broadcastable over (B, H, L, head_dim/2)."""
+        needed = int(positions.max()) + 1 if positions.numel() else 0
+        if needed > self.cos_table.shape[0]:
+            self._build(max(needed, 2 * self.cos_table.shape[0]))
+        cos, sin = self.cos_table[positions], self.sin_table[positions]
+        if positions.dim() == 2:  # (B, L, d/2) -> (B, 1, L, d/2)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate (B, H, L, head_dim) queries or keys by the given angles, in x's dtype."""
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)

@@ -1,0 +1,98 @@
+"""The language model: token embedding, pre-norm Transformer blocks, final RMSNorm, untied head.
+
+Parameters are always created in float32 (the master copy); mixed precision comes from
+autocast around the forward pass, never from storing weights in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from config.schemas import ModelConfig
+from diffusionlm.models.attention import SelfAttention, build_attend_mask
+from diffusionlm.models.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU
+
+INIT_STD = 0.02
+
+
+class Block(nn.Module):
+    """x + Attn(Norm(x)), then x + FFN(Norm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        # Residual-branch outputs are scaled down with depth (GPT-2 / Megatron) so the
+        # residual stream's variance does not grow with the number of layers.
+        out_std = INIT_STD / math.sqrt(2 * config.num_layers)
+        self.attn_norm = RMSNorm(config.d_model)
+        self.attn = SelfAttention(config.d_model, config.num_heads, out_init_std=out_std)
+        self.ffn_norm = RMSNorm(config.d_model)
+        self.ffn = SwiGLU(config.d_model, config.d_ff, out_init_std=out_std)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attend_mask: torch.Tensor | None, is_causal: bool, kv_cache=None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, attend_mask, is_causal, kv_cache)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class TransformerLM(nn.Module):
+    """Bidirectional (default) or causal Transformer language model.
+
+    `forward_hidden` returns the final-normed hidden states so the diffusion loss can send
+    only masked positions through `lm_head`; `forward` returns full logits.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = Embedding(config.vocab_size, config.d_model)
+        self.rope = RotaryEmbedding(config.d_model // config.num_heads, config.rope_theta, config.context_length)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.final_norm = RMSNorm(config.d_model)
+        self.lm_head = Linear(config.d_model, config.vocab_size, init_std=INIT_STD)
+
+    def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None, *, kv_cache=None) -> torch.Tensor:
+        """(B, L) ids -> (B, L, D) final-normed hidden states.
+
+        attention_mask: optional (B, L) bool, False marks padding keys (left-padded batches).
+        positions: optional (L,) or (B, L) RoPE positions; defaults to 0..L-1, so a left-padded
+        prompt should pass positions that start at 0 on its first real token.
+        kv_cache: optional per-layer key/value caches (`kv_cache.layers[i]`, see attention.py)
+        for a bidirectional model. The input ids are then a slice of a longer canvas: pass
+        that slice's `positions`, and an `attention_mask` over the whole canvas (the keys).
+        """
+        L = input_ids.shape[1]
+        if kv_cache is not None and self.config.causal:
+            raise ValueError("kv_cache is for bidirectional (diffusion) models; this model is causal")
+        if positions is None:
+            positions = torch.arange(L, device=input_ids.device)
+        x = self.embedding(input_ids)
+        cos, sin = self.rope.tables(positions)
+        key_len = L if attention_mask is None else attention_mask.shape[1]
+        attend_mask = None if attention_mask is None else build_attend_mask(attention_mask, L, key_len,
+                                                                            self.config.causal)
+        is_causal = self.config.causal and attend_mask is None
+        for index, block in enumerate(self.blocks):
+            layer_cache = None if kv_cache is None else kv_cache.layers[index]
+            x = block(x, cos, sin, attend_mask, is_causal, layer_cache)
+        return self.final_norm(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, *, kv_cache=None) -> torch.Tensor:
+        """(B, L) ids -> (B, L, vocab_size) logits."""
+        return self.lm_head(self.forward_hidden(input_ids, attention_mask, positions, kv_cache=kv_cache))
+
+    def num_parameters(self, exclude_embedding: bool = False) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.embedding.weight.numel() if exclude_embedding else total
+
+
+def flops_per_token(config: ModelConfig, num_non_embedding_params: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6*N (forward+backward matmuls) + 12*L*d*T attention scores.
+
+    Attention is not halved: the model is bidirectional. This is the formula MFU is reported with.
+    """
+    return 6 * num_non_embedding_params + 12 * config.num_layers * config.d_model * seq_len

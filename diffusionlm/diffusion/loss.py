@@ -1,0 +1,107 @@
+"""Training objectives: the masked-diffusion loss (LLaDA / MDLM) and the autoregressive baseline.
+
+The diffusion loss is the Monte-Carlo estimate of the negative ELBO bound of LLaDA (eq. 3):
+
+    loss = 1 / (B * L) * sum_{b, i masked} CE(model(x_t)_{b,i}, x0_{b,i}) / p_mask_b
+
+Because every token is masked with probability p_mask, E[1{masked} / p_mask] = 1 and the
+estimate is unbiased for the average per-token cross-entropy integrated over noise levels.
+
+Only the masked positions go through the LM head: the unmasked ones carry no loss, and the
+(tokens x vocab) logits are the largest activation of the model, so materialising them for
+every position would waste most of the head's FLOPs and memory. The cross-entropy is computed
+in float32 whatever the autocast dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusionlm.diffusion.forward_process import apply_mask, mask_probability, random_truncate, sample_times
+
+
+@dataclass
+class DiffusionLoss:
+    """One loss evaluation. `loss` carries the graph; the rest is detached, for logging.
+
+    num_masked is a tensor so reading it does not force a device sync; num_tokens (B * L after
+    any truncation) is known on the host.
+    """
+
+    loss: torch.Tensor
+    mask_ratio: torch.Tensor
+    num_masked: torch.Tensor
+    num_tokens: int
+
+
+def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor,
+                      p_mask: torch.Tensor, *, answer_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The estimator for one fixed noise draw (deterministic given its inputs).
+
+    x0, noisy, is_masked: (B, L); p_mask: (B,) per sequence or broadcastable to (B, L).
+    Pre-training (answer_lengths None): sum over masked tokens of CE / p_mask, divided by B * L.
+    SFT (answer_lengths (B,)): each sequence's sum is divided by its own answer length
+    (LLaDA's SFT objective, Sec. 2.3), then averaged over the batch, so long and short
+    answers weigh the same per token of their own. An empty answer counts as length 1.
+
+    With no masked token at all the result is an exact 0 that still backpropagates (zero
+    gradients), so gradient accumulation and DDP see every parameter every step.
+    """
+    batch_size, length = x0.shape
+    p_mask = p_mask[:, None] if p_mask.ndim == 1 else p_mask
+    if answer_lengths is None:
+        per_sequence_norm = torch.full((batch_size, 1), float(length), device=x0.device)
+    else:
+        per_sequence_norm = answer_lengths.to(device=x0.device, dtype=torch.float32).clamp(min=1)[:, None]
+    token_weight = 1.0 / (p_mask * per_sequence_norm).expand(batch_size, length)
+
+    masked = is_masked.nonzero(as_tuple=True)  # one host sync, shared by the three gathers below
+    hidden = model.forward_hidden(noisy)
+    logits = model.lm_head(hidden[masked])
+    token_ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
+    return (token_ce * token_weight[masked]).sum() / batch_size
+
+
+def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, noise_epsilon: float = 1e-3,
+                   random_trunc_prob: float = 0.0, antithetic: bool = False,
+                   prompt_lengths: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> DiffusionLoss:
+    """Noise a clean batch x0 (B, L) with a fresh draw and return the masked-diffusion loss.
+
+    prompt_lengths: (B,) ints for SFT. The first prompt_lengths[b] tokens of row b are the
+    prompt: never masked, no loss, and the row's loss is normalised by its answer length.
+    Random truncation is a pre-training trick and would cut answers away, so it cannot be
+    combined with SFT.
+    """
+    if prompt_lengths is not None and random_trunc_prob > 0:
+        raise ValueError("random_trunc_prob must be 0 in SFT mode (prompt_lengths given): truncation would cut answers")
+    x0 = random_truncate(x0, random_trunc_prob, generator)
+    batch_size, length = x0.shape
+    t = sample_times(batch_size, antithetic=antithetic, generator=generator, device=x0.device)
+    p_mask = mask_probability(t, noise_epsilon)
+
+    protected = answer_lengths = None
+    if prompt_lengths is not None:
+        prompt_lengths = prompt_lengths.to(x0.device)
+        protected = torch.arange(length, device=x0.device)[None, :] < prompt_lengths[:, None]
+        answer_lengths = length - prompt_lengths
+    noisy, is_masked = apply_mask(x0, p_mask, mask_token_id, generator=generator, protected=protected)
+
+    loss = masked_token_loss(model, x0, noisy, is_masked, p_mask, answer_lengths=answer_lengths)
+    num_masked = is_masked.sum()
+    num_tokens = batch_size * length
+    return DiffusionLoss(loss=loss, mask_ratio=num_masked.float() / num_tokens,
+                         num_masked=num_masked, num_tokens=num_tokens)
+
+
+def autoregressive_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a causal model on x (B, L): predict x[:, 1:] from x[:, :-1].
+
+    The baseline for `[model].causal = true`, trained by the same stack for honest comparisons.
+    """
+    logits = model(x[:, :-1])
+    return F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())

@@ -1,0 +1,271 @@
+"""The masked-diffusion forward process and loss estimator (LLaDA / MDLM)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffusionlm.diffusion import (
+    apply_mask,
+    autoregressive_loss,
+    diffusion_loss,
+    mask_probability,
+    masked_token_loss,
+    random_truncate,
+    sample_times,
+)
+
+torch.set_num_threads(1)
+
+
+class RecordingHead(nn.Module):
+    """An identity "LM head" (the toy models' hidden states are already logits) that records
+    how many rows reach it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows_seen: list[int] = []
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.rows_seen.append(hidden.shape[0])
+        return hidden
+
+
+class PositionLogitsLM(nn.Module):
+    """Logits depend only on the position: row i of a (L, V) table, whatever the input."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = nn.Parameter(table.clone())
+        self.lm_head = RecordingHead()
+
+    def forward_hidden(self, input_ids, attention_mask=None):
+        batch, length = input_ids.shape
+        return self.table[:length].expand(batch, length, -1)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.lm_head(self.forward_hidden(input_ids))
+
+
+class MaskCountLM(nn.Module):
+    """Predicts token 0 with a logit that shrinks as more of the row is masked:
+    logit_0 = scale_i * (1 - k / L) at position i when k tokens are masked, other logits 0.
+    A stand-in for a bidirectional model whose confidence depends on the visible context."""
+
+    def __init__(self, scales: torch.Tensor, vocab: int, mask_token_id: int) -> None:
+        super().__init__()
+        self.scales, self.vocab, self.mask_token_id = scales, vocab, mask_token_id
+        self.lm_head = RecordingHead()
+
+    def forward_hidden(self, input_ids, attention_mask=None):
+        length = input_ids.shape[1]
+        num_masked = (input_ids == self.mask_token_id).sum(-1, keepdim=True)
+        hidden = torch.zeros(*input_ids.shape, self.vocab)
+        hidden[..., 0] = self.scales[:length] * (1 - num_masked / length)
+        return hidden
+
+
+def _ce(logits: list[float], target: int) -> float:
+    return math.log(sum(math.exp(v) for v in logits)) - logits[target]
+
+
+TABLE = [[2.0, -1.0, 0.5], [0.0, 1.0, -2.0], [1.5, 1.5, 0.0], [-1.0, 0.0, 3.0]]
+X0 = torch.tensor([[0, 1, 2, 0], [2, 2, 1, 0]])
+IS_MASKED = torch.tensor([[True, False, True, False], [False, False, False, True]])
+P_MASK = torch.tensor([0.5, 0.25])
+MASK_ID = 3
+
+
+def _noisy(x0, is_masked):
+    return torch.where(is_masked, MASK_ID, x0)
+
+
+def test_masked_token_loss_equals_hand_computed_case():
+    model = PositionLogitsLM(torch.tensor(TABLE))
+    loss = masked_token_loss(model, X0, _noisy(X0, IS_MASKED), IS_MASKED, P_MASK)
+    expected = (_ce(TABLE[0], 0) / 0.5 + _ce(TABLE[2], 2) / 0.5 + _ce(TABLE[3], 0) / 0.25) / (2 * 4)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sft_loss_normalises_each_sequence_by_its_answer_length():
+    model = PositionLogitsLM(torch.tensor(TABLE))
+    loss = masked_token_loss(model, X0, _noisy(X0, IS_MASKED), IS_MASKED, P_MASK,
+                             answer_lengths=torch.tensor([2, 3]))
+    first = (_ce(TABLE[0], 0) + _ce(TABLE[2], 2)) / 0.5 / 2
+    second = _ce(TABLE[3], 0) / 0.25 / 3
+    assert loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
+
+
+def test_sft_diffusion_loss_never_masks_the_prompt():
+    # noise_epsilon = 1 makes p_mask = 1: every answer token is masked, no prompt token is.
+    model = PositionLogitsLM(torch.tensor(TABLE))
+    result = diffusion_loss(model, X0, mask_token_id=MASK_ID, noise_epsilon=1.0,
+                            prompt_lengths=torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0))
+    first = (_ce(TABLE[1], 1) + _ce(TABLE[2], 2) + _ce(TABLE[3], 0)) / 3
+    second = (_ce(TABLE[2], 1) + _ce(TABLE[3], 0)) / 2
+    assert result.loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
+    assert model.lm_head.rows_seen == [5] and result.num_masked.item() == 5
+
+
+def test_sft_rejects_random_truncation():
+    with pytest.raises(ValueError, match="random_trunc_prob"):
+        diffusion_loss(PositionLogitsLM(torch.tensor(TABLE)), X0, mask_token_id=MASK_ID, random_trunc_prob=0.5,
+                       prompt_lengths=torch.tensor([1, 1]))
+
+
+def test_only_masked_positions_reach_the_head():
+    model = PositionLogitsLM(torch.zeros(16, 5))
+    x0 = torch.randint(0, 4, (8, 16), generator=torch.Generator().manual_seed(0))
+    result = diffusion_loss(model, x0, mask_token_id=4, generator=torch.Generator().manual_seed(1))
+    assert model.lm_head.rows_seen == [result.num_masked.item()]
+    assert 0 < result.num_masked.item() < x0.numel()
+    assert result.mask_ratio.item() == pytest.approx(result.num_masked.item() / x0.numel())
+    assert result.num_tokens == x0.numel()
+
+
+def test_zero_masked_tokens_gives_zero_loss_that_backpropagates():
+    model = PositionLogitsLM(torch.tensor(TABLE))
+    nothing = torch.zeros_like(IS_MASKED)
+    loss = masked_token_loss(model, X0, X0, nothing, P_MASK)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert model.table.grad is not None and torch.equal(model.table.grad, torch.zeros_like(model.table))
+
+
+def test_all_prompt_sft_rows_do_not_produce_nan():
+    model = PositionLogitsLM(torch.tensor(TABLE))
+    result = diffusion_loss(model, X0, mask_token_id=MASK_ID, prompt_lengths=torch.tensor([4, 4]))
+    assert result.loss.item() == 0.0
+
+
+def test_cross_entropy_is_computed_in_float32_under_bf16_logits():
+    model = PositionLogitsLM(torch.tensor(TABLE, dtype=torch.bfloat16))
+    loss = masked_token_loss(model, X0, _noisy(X0, IS_MASKED), IS_MASKED, P_MASK)
+    assert loss.dtype == torch.float32
+
+
+def _sampling_standard_error(length: int, eps: float, batch: int) -> float:
+    """Standard error of the batch mean of #masked / (p L) with t ~ U(0, 1).
+
+    Given p, #masked ~ Bin(L, p), so Var = E_t[(1 - p) / (p L)]
+    = (ln(1 / eps) / (1 - eps) - 1) / L for p = (1 - eps) t + eps.
+    """
+    variance = (math.log(1 / eps) / (1 - eps) - 1) / length
+    return math.sqrt(variance / batch)
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_loss_is_unbiased_for_constant_cross_entropy(antithetic):
+    # Every token's CE is log V, so E[loss] = log V * E[#masked / p] / L = log V exactly.
+    vocab, length, batch, eps = 5, 8, 20_000, 1e-3
+    model = PositionLogitsLM(torch.zeros(length, vocab))
+    x0 = torch.randint(0, vocab - 1, (batch, length), generator=torch.Generator().manual_seed(0))
+    result = diffusion_loss(model, x0, mask_token_id=vocab - 1, noise_epsilon=eps, antithetic=antithetic,
+                            generator=torch.Generator().manual_seed(1))
+    tolerance = 4 * math.log(vocab) * _sampling_standard_error(length, eps, batch)
+    assert result.loss.item() == pytest.approx(math.log(vocab), abs=tolerance)
+
+
+def test_loss_is_unbiased_for_a_context_dependent_model():
+    # Position i masked (prob p) with K other masked tokens, K ~ Bin(L - 1, p): the 1/p weight
+    # cancels the masking probability, so E[loss] = 1/L sum_i int_0^1 E_K[CE_i(1 + K)] dt.
+    vocab, length, batch, eps = 4, 6, 20_000, 1e-3
+    scales = torch.linspace(0.5, 4.0, length)
+    model = MaskCountLM(scales, vocab, mask_token_id=vocab - 1)
+
+    def ce(i, k):
+        logit = scales[i].item() * (1 - k / length)
+        return math.log(math.exp(logit) + vocab - 1) - logit
+
+    t = np.linspace(0.0, 1.0, 4001)
+    p = (1 - eps) * t + eps
+    others = length - 1
+    expected_ce = sum(
+        math.comb(others, j) * p**j * (1 - p) ** (others - j) * ce(i, 1 + j)
+        for i in range(length) for j in range(others + 1)
+    ) / length
+    expected = np.trapezoid(expected_ce, t)
+
+    x0 = torch.zeros(batch, length, dtype=torch.long)
+    result = diffusion_loss(model, x0, mask_token_id=vocab - 1, noise_epsilon=eps,
+                            generator=torch.Generator().manual_seed(2))
+    # Per row, loss <= max CE * #masked / (p L), whose second moment is 1 + Var(#masked / (p L)).
+    max_ce = max(ce(i, length) for i in range(length))
+    tolerance = 4 * max_ce * math.sqrt(1 + _sampling_standard_error(length, eps, 1) ** 2) / math.sqrt(batch)
+    assert result.loss.item() == pytest.approx(expected, abs=tolerance)
+
+
+def test_antithetic_times_put_one_sample_in_each_stratum():
+    batch = 16
+    t = sample_times(batch, antithetic=True, generator=torch.Generator().manual_seed(0))
+    assert ((t >= 0) & (t < 1)).all()
+    assert torch.equal(torch.sort((t * batch).floor().long()).values, torch.arange(batch))
+
+
+def test_mask_probability_is_floored_at_noise_epsilon():
+    p = mask_probability(torch.tensor([0.0, 0.5, 1.0]), 0.1)
+    torch.testing.assert_close(p, torch.tensor([0.1, 0.55, 1.0]))
+
+
+def test_each_row_is_masked_at_its_own_rate():
+    x0 = torch.zeros(2, 20_000, dtype=torch.long)
+    _, is_masked = apply_mask(x0, torch.tensor([0.2, 0.7]), 9, generator=torch.Generator().manual_seed(0))
+    rates = is_masked.float().mean(-1)
+    torch.testing.assert_close(rates, torch.tensor([0.2, 0.7]), atol=0.015, rtol=0)
+
+
+def test_masked_positions_hold_the_mask_token_and_others_are_untouched():
+    x0 = torch.randint(0, 9, (4, 32), generator=torch.Generator().manual_seed(0))
+    noisy, is_masked = apply_mask(x0, torch.full((4,), 0.5), 9, generator=torch.Generator().manual_seed(1))
+    assert (noisy[is_masked] == 9).all() and torch.equal(noisy[~is_masked], x0[~is_masked])
+
+
+def test_protected_positions_are_never_masked():
+    x0 = torch.zeros(3, 10, dtype=torch.long)
+    protected = torch.arange(10)[None, :] < torch.tensor([[2], [5], [0]])
+    _, is_masked = apply_mask(x0, torch.ones(3), 9, protected=protected)
+    assert torch.equal(is_masked, ~protected)
+
+
+def test_random_truncation_lengths_lie_in_one_to_length():
+    x0 = torch.arange(5).repeat(2, 1)
+    generator = torch.Generator().manual_seed(0)
+    lengths = {random_truncate(x0, 1.0, generator).shape[1] for _ in range(300)}
+    assert lengths == {1, 2, 3, 4, 5}
+
+
+def test_random_truncation_keeps_a_prefix():
+    x0 = torch.arange(12).repeat(3, 1)
+    cut = random_truncate(x0, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(cut, x0[:, : cut.shape[1]])
+
+
+def test_zero_truncation_probability_draws_nothing():
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    x0 = torch.zeros(2, 7, dtype=torch.long)
+    assert random_truncate(x0, 0.0, generator) is x0
+    assert torch.equal(generator.get_state(), state)
+
+
+def test_autoregressive_loss_is_mean_next_token_cross_entropy():
+    model = PositionLogitsLM(torch.tensor(TABLE))
+    loss = autoregressive_loss(model, X0)
+    # position i predicts token i + 1
+    expected = [_ce(TABLE[i], X0[b, i + 1].item()) for b in range(2) for i in range(3)]
+    assert loss.item() == pytest.approx(sum(expected) / len(expected), rel=1e-6)
+
+
+def test_same_generator_seed_gives_the_same_loss():
+    model = PositionLogitsLM(torch.randn(16, 5, generator=torch.Generator().manual_seed(0)))
+    x0 = torch.randint(0, 4, (4, 16), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        return diffusion_loss(model, x0, mask_token_id=4, antithetic=True, random_trunc_prob=0.5,
+                              generator=torch.Generator().manual_seed(7)).loss
+
+    assert torch.equal(run(), run())

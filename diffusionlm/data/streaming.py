@@ -1,0 +1,193 @@
+"""Streaming batches: rows from a `datasets` stream -> tokens -> (batch_size, context_length) ids.
+
+The pipeline for one rank, every epoch:
+
+    shards in a per-epoch order -> every world_size-th row -> shuffle buffer    (order.py)
+    -> encode(text) + [eot], in worker processes, order kept                    (encoding.py)
+    -> pack into windows or pad one row per sequence                            (packing.py)
+
+The position is a few integers plus the packing carry-over: (epoch, rows consumed in this
+epoch, carry tokens). Because the row order is a pure function of (seeds, epoch, rank),
+resuming re-creates the epoch's stream, skips the consumed rows without tokenizing them, and
+continues token for token as if never interrupted. We deliberately do not use `datasets`'
+own iterator state for this (its resume has had correctness bugs with shuffling and sharding).
+
+Bad data is an error, never a silent skip: invalid UTF-8, a missing or non-string text field,
+or a split with no rows for this rank raise an `InputError` naming the dataset and field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from config.schemas import DataConfig
+from diffusionlm.data.encoding import OrderedEncoder
+from diffusionlm.data.order import ShuffleBuffer, rank_rows, shard_order
+from diffusionlm.data.packing import Packer, pad_document
+from diffusionlm.data.sources import open_source
+from diffusionlm.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+class StreamingBatches:
+    """Iterator of `torch.LongTensor (batch_size, context_length)` batches for one rank.
+
+    loop=True (training) starts a new epoch, reshuffled, whenever the data runs out and never
+    stops. loop=False (validation) stops after one pass and drops the last partial batch (and,
+    in pack mode, the final partial window). To repeat the same validation pass, save
+    `state_dict()` before the first batch and `load_state_dict` it before each pass.
+
+    The row order depends on `[data].shuffle_seed` and `seed` together (the trainer passes its
+    own seed), on the epoch and on the rank. Each rank has its own state; save one per rank.
+    """
+
+    def __init__(self, data_config: DataConfig, encode: Callable[[str], list[int]], eot_token_id: int, *,
+                 split: str, context_length: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, loop: bool = True) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if context_length <= 0 or batch_size <= 0:
+            raise ValueError(f"context_length ({context_length}) and batch_size ({batch_size}) must be positive")
+        self.config = data_config
+        self.split = split
+        self.context_length = context_length
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.loop = loop
+        self.eot_token_id = eot_token_id
+        self.order_seed = f"{data_config.shuffle_seed}.{seed}"
+        self.source = open_source(data_config, split)
+        self.encoder = OrderedEncoder(encode, eot_token_id, data_config.num_workers)
+
+        self.epoch = 0
+        self.rows_consumed = 0  # rows of this epoch, in this rank's order, already in batches or carry
+        self.packer = Packer(context_length)
+        self._exhausted = False
+        self._documents: Iterator[list[int]] | None = None  # the current epoch's encoded rows
+        self._buffer: ShuffleBuffer | None = None
+        self._tokens_since_metrics = 0
+        self._busy_s_since_metrics = 0.0
+
+    def __iter__(self) -> StreamingBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._exhausted:
+            raise StopIteration
+        start = time.perf_counter()
+        batch = torch.tensor([self._next_sequence() for _ in range(self.batch_size)], dtype=torch.long)
+        self._tokens_since_metrics += batch.numel()
+        self._busy_s_since_metrics += time.perf_counter() - start
+        return batch
+
+    def _next_sequence(self) -> list[int]:
+        if self.config.mode == "pack":
+            return self.packer.next_window(self._next_document)
+        return pad_document(self._next_document(), self.context_length, self.eot_token_id)
+
+    def _next_document(self) -> list[int]:
+        """The next encoded row; at the end of an epoch, the next epoch (loop) or StopIteration."""
+        while True:
+            if self._documents is None:
+                self._documents = self._epoch_documents()
+            document = next(self._documents, None)
+            if document is not None:
+                self.rows_consumed += 1
+                return document
+            if self.rows_consumed == 0:
+                raise InputError(f"dataset {self.source.label}: no rows"
+                                 + (f" for rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""))
+            self._documents = None
+            if not self.loop:
+                self._exhausted = True
+                raise StopIteration
+            self.epoch += 1
+            self.rows_consumed = 0
+
+    def _epoch_documents(self) -> Iterator[list[int]]:
+        """This epoch's encoded rows for this rank, after the `rows_consumed` already used."""
+        order = shard_order(self.source.num_shards, self.order_seed, self.epoch)
+        texts = rank_rows(self.source.iter_texts(order), self.rank, self.world_size)
+        self._buffer = ShuffleBuffer(self.config.shuffle_buffer_size, self.order_seed, self.epoch, self.rank)
+        texts = self._buffer.shuffle(texts)
+        skipped = sum(1 for _ in itertools.islice(texts, self.rows_consumed))
+        if skipped < self.rows_consumed:
+            raise InputError(
+                f"dataset {self.source.label}: loader state says {self.rows_consumed} rows of epoch {self.epoch} "
+                f"were used, but rank {self.rank} has only {skipped}; the data changed since the checkpoint"
+            )
+        return self.encoder.encode_stream(texts)
+
+    def state_dict(self) -> dict:
+        """This rank's position; plain ints/strs/bools and one tensor, so `torch.load(weights_only=True)` reads it."""
+        return {
+            "epoch": self.epoch,
+            "rows_consumed": self.rows_consumed,
+            "carry": torch.tensor(self.packer.carry, dtype=torch.long),
+            "exhausted": self._exhausted,
+            "fingerprint": self.source.provenance["fingerprint"],
+            **self._stream_identity(),
+        }
+
+    def _stream_identity(self) -> dict:
+        """Settings that define the stream itself: a saved state only resumes under the same ones."""
+        return {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "order_seed": self.order_seed,
+            "mode": self.config.mode,
+            "context_length": self.context_length,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where `state` was saved; the stream is rebuilt at the next batch."""
+        for key, value in self._stream_identity().items():
+            if state[key] != value:
+                raise InputError(f"data loader state: {key} was {state[key]!r} when saved, "
+                                 f"this run has {value!r}; the stream cannot be resumed")
+        if state["fingerprint"] != self.source.provenance["fingerprint"]:
+            logger.warning("dataset %s changed since the loader state was saved (fingerprint %s -> %s); resuming anyway",
+                           self.source.label, state["fingerprint"], self.source.provenance["fingerprint"])
+        self.epoch = int(state["epoch"])
+        self.rows_consumed = int(state["rows_consumed"])
+        self.packer = Packer(self.context_length, state["carry"].tolist())
+        self._exhausted = bool(state["exhausted"])
+        self._documents = None
+        self._buffer = None
+
+    def metrics(self) -> dict[str, float]:
+        """Since the previous call: tokens produced per second spent inside `__next__` (the loader's
+        own speed; workers make it higher than encoding alone), plus the current shuffle buffer
+        fill (0..1) and epoch."""
+        busy = self._busy_s_since_metrics
+        tokens_per_s = self._tokens_since_metrics / busy if busy > 0 else 0.0
+        self._tokens_since_metrics, self._busy_s_since_metrics = 0, 0.0
+        return {
+            "tokens_per_s": tokens_per_s,
+            "shuffle_buffer_fill": self._buffer.fill if self._buffer is not None else 0.0,
+            "epoch": float(self.epoch),
+        }
+
+    def provenance(self) -> dict:
+        """What data this is, to log once per run: dataset, split, files, fingerprint and settings."""
+        return {
+            **self.source.provenance,
+            "mode": self.config.mode,
+            "context_length": self.context_length,
+            "shuffle_buffer_size": self.config.shuffle_buffer_size,
+            "shuffle_seed": self.config.shuffle_seed,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def close(self) -> None:
+        """Stop tokenizer worker processes, if any."""
+        self.encoder.close()

@@ -1,0 +1,45 @@
+"""Two real gloo processes read a single-file dataset: disjoint rows whose union is the dataset."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_data_streaming import ROWS, jsonl_config, make_batches, rows_of, write_jsonl
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _read_rank_rows(rank: int, world_size: int, port: int, folder: str) -> None:
+    """One rank: join the gloo group, stream its share, all-gather every rank's rows to rank 0."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        config = jsonl_config(Path(folder) / "d.jsonl", mode="pad", shuffle_buffer_size=8)
+        batches = make_batches(config, context_length=16, batch_size=1, loop=False,
+                               rank=dist.get_rank(), world_size=dist.get_world_size())
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, rows_of(batches))
+        if rank == 0:
+            (Path(folder) / "rows.json").write_text(json.dumps(gathered), encoding="utf-8")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_read_disjoint_rows_covering_the_file(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", ROWS)
+    mp.spawn(_read_rank_rows, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    per_rank = json.loads((tmp_path / "rows.json").read_text(encoding="utf-8"))
+    assert all(per_rank)
+    assert set(per_rank[0]).isdisjoint(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(ROWS)

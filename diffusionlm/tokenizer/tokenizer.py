@@ -1,0 +1,229 @@
+"""Encode text to token ids and back with a byte-level BPE vocabulary and its merges.
+
+Encoding is pre-tokenize, then merge inside each pre-token by rank. Real text repeats its
+pre-tokens (" the", ",") constantly, so each pre-token's ids are memoised in a bounded dict
+and the per-token merge loop only runs on the first sighting; the rest of `encode` is
+C-level iteration (regex matches, dict lookups, chaining the cached id tuples).
+A pre-token that is itself a vocabulary entry encodes to that one id without merging, as
+tiktoken does, which is both the common case and what keeps our ids identical to its.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from itertools import chain
+
+import regex
+
+from diffusionlm.errors import InputError
+from diffusionlm.tokenizer.pretokenize import GPT2_REGEX, special_token_regex
+
+# Distinct pre-tokens remembered; at a few hundred bytes each this caps the cache near 50 MB.
+# When full it is emptied and refilled: cheaper per lookup than an LRU, and just as bounded.
+PRETOKEN_CACHE_SIZE = 1 << 17
+# encode_iterable buffers at least this many characters before cutting, to amortise the cut search.
+STREAM_BUFFER_CHARS = 1 << 16
+# The rank of a pair that has no merge: sorts after every real (rank, merged id).
+_NO_MERGE = (float("inf"), -1)
+# The last position in a string where a non-space is followed by a space (see `_safe_cut`).
+_LAST_WORD_END = regex.compile(r"(?r)\S\s")
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer.
+
+    `vocab` maps ids to token bytes; `merges` lists merged pairs in the order they were learned
+    (earlier merges apply first). `special_tokens` are strings encoded as a single id each:
+    a token whose bytes are already in the vocabulary keeps its id (GPT-2's `<|endoftext|>`
+    stays 50256), the others get new ids after the last one.
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: Iterable[str] | None = None,
+    ):
+        if set(vocab) != set(range(len(vocab))):
+            raise InputError(f"tokenizer: vocabulary ids must be 0..{len(vocab) - 1} with no gaps")
+        self.vocab = dict(vocab)
+        self.merges = list(merges)
+        token_ids: dict[bytes, int] = {}
+        for token_id in sorted(self.vocab, reverse=True):
+            token_ids[self.vocab[token_id]] = token_id  # duplicates resolve to the smallest id
+        self._special_ids: dict[str, int] = {}
+        for token in dict.fromkeys(special_tokens or ()):
+            token_bytes = token.encode("utf-8")
+            if token_bytes not in token_ids:
+                token_ids[token_bytes] = len(self.vocab)
+                self.vocab[len(self.vocab)] = token_bytes
+            self._special_ids[token] = token_ids[token_bytes]
+        self._token_ids = token_ids
+        self._special_regex = special_token_regex(self._special_ids)
+        self._byte_ids = [self._require_id(token_ids, bytes([byte]), "byte") for byte in range(256)]
+        self._merge_ranks: dict[tuple[int, int], tuple[int, int]] = {}  # pair -> (rank, merged id)
+        for rank, (first, second) in enumerate(self.merges):
+            pair = (
+                self._require_id(token_ids, first, "merge token"),
+                self._require_id(token_ids, second, "merge token"),
+            )
+            merged = self._require_id(token_ids, first + second, "merged token")
+            self._merge_ranks.setdefault(pair, (rank, merged))
+        self._pretoken_cache: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_files(
+        cls,
+        vocab_path: str | os.PathLike,
+        merges_path: str | os.PathLike,
+        special_tokens: Iterable[str] | str | os.PathLike | None = None,
+    ) -> Tokenizer:
+        """Load `vocab.json` + `merges.txt` (GPT-2's format); `special_tokens` is a list of strings
+        or the path of a `special_tokens.json` written by our trainer."""
+        from diffusionlm.tokenizer import io  # io builds Tokenizers, so it imports this module
+
+        if isinstance(special_tokens, (str, os.PathLike)):
+            return io.load_tokenizer(vocab_path, merges_path, special_tokens_path=special_tokens)
+        return io.load_tokenizer(vocab_path, merges_path, special_tokens=special_tokens or ())
+
+    @staticmethod
+    def _require_id(token_ids: dict[bytes, int], token: bytes, what: str) -> int:
+        try:
+            return token_ids[token]
+        except KeyError:
+            raise InputError(f"tokenizer: {what} {token!r} is not in the vocabulary") from None
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special token string -> id."""
+        return dict(self._special_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (ids are 0..vocab_size-1)."""
+        return len(self.vocab)
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token, or of any single-token string (e.g. " the").
+
+        A string that is not one token is an `InputError`: it usually means a config names a
+        special token the tokenizer files do not have.
+        """
+        if token in self._special_ids:
+            return self._special_ids[token]
+        token_bytes = token.encode("utf-8")
+        if token_bytes not in self._token_ids:
+            raise InputError(f"tokenizer: {token!r} is not a single token of this vocabulary")
+        return self._token_ids[token_bytes]
+
+    def _merge_pretoken(self, pretoken: str) -> tuple[int, ...]:
+        """BPE-merge one pre-token: merge the lowest-rank adjacent pair (the leftmost on a tie)
+        until no pair has a merge. Only the two pairs beside a merge change, so the list of
+        pair ranks is patched rather than rebuilt, and `min`/`index` scan it in C."""
+        token_bytes = pretoken.encode("utf-8")
+        whole = self._token_ids.get(token_bytes)
+        if whole is not None:
+            return (whole,)
+        byte_ids = self._byte_ids
+        ids = [byte_ids[byte] for byte in token_bytes]
+        find_merge = self._merge_ranks.get
+        pair_ranks = [find_merge(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
+        while pair_ranks:
+            best = min(pair_ranks)
+            if best is _NO_MERGE:
+                break
+            i = pair_ranks.index(best)
+            merged_id = best[1]
+            ids[i : i + 2] = (merged_id,)
+            del pair_ranks[i]
+            if i > 0:
+                pair_ranks[i - 1] = find_merge((ids[i - 1], merged_id), _NO_MERGE)
+            if i < len(pair_ranks):
+                pair_ranks[i] = find_merge((merged_id, ids[i + 1]), _NO_MERGE)
+        return tuple(ids)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        pretokens = GPT2_REGEX.findall(text)
+        cache = self._pretoken_cache
+        try:  # the common case once warm: every pre-token already seen
+            return list(chain.from_iterable(map(cache.__getitem__, pretokens)))
+        except KeyError:
+            pass
+        unseen = set(pretokens).difference(cache)
+        if len(cache) + len(unseen) > PRETOKEN_CACHE_SIZE:
+            cache.clear()
+            unseen = set(pretokens)
+        for pretoken in unseen:
+            cache[pretoken] = self._merge_pretoken(pretoken)
+        return list(chain.from_iterable(map(cache.__getitem__, pretokens)))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens in it become their single ids."""
+        if self._special_regex is None:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        for match in self._special_regex.finditer(text):
+            ids += self._encode_ordinary(text[start : match.start()])
+            ids.append(self._special_ids[match.group()])
+            start = match.end()
+        ids += self._encode_ordinary(text[start:])
+        return ids
+
+    def _safe_cut(self, text: str) -> int:
+        """A position where `text` can be split and encoded in two halves with the same result,
+        whatever text follows it; 0 when there is none yet.
+
+        A space right after a non-space always starts a new pre-token (a pre-token holds spaces
+        only at its start or is all spaces), and no match starting earlier looks past it. The
+        cut also stays a full special token's length from the end, so a special token still
+        arriving cannot straddle it, and is moved to the start of any special token it would split.
+        """
+        longest_special = max(map(len, self._special_ids), default=1)
+        limit = len(text) - longest_special
+        match = _LAST_WORD_END.search(text, 0, max(limit + 1, 0))
+        if match is None:
+            return 0
+        cut = match.start() + 1
+        if self._special_regex is not None:
+            for special in self._special_regex.finditer(text, 0, cut + longest_special):
+                if special.start() < cut < special.end():
+                    return special.start()
+        return cut
+
+    def encode_iterable(self, texts: Iterable[str], buffer_chars: int = STREAM_BUFFER_CHARS) -> Iterator[int]:
+        """Lazily encode a stream of strings (e.g. a file's lines) as if it were one string.
+
+        Memory stays bounded: text is buffered until it holds `buffer_chars` characters, then
+        encoded up to a safe cut point (see `_safe_cut`), so ids come out while the stream is
+        still being read.
+        """
+        buffer = ""
+        for text in texts:
+            buffer += text
+            if len(buffer) < buffer_chars:
+                continue
+            cut = self._safe_cut(buffer)
+            if cut:
+                yield from self.encode(buffer[:cut])
+                buffer = buffer[cut:]
+        if buffer:
+            yield from self.encode(buffer)
+
+    def decode(self, ids: Iterable[int], skip_unknown: bool = False) -> str:
+        """Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD.
+
+        An id outside the vocabulary is an `InputError`, or is dropped with `skip_unknown=True`.
+        """
+        vocab = self.vocab
+        if skip_unknown:
+            pieces = [vocab[i] for i in ids if i in vocab]
+        else:
+            try:
+                pieces = [vocab[i] for i in ids]
+            except KeyError as err:
+                raise InputError(
+                    f"cannot decode token id {err.args[0]!r}: not in the vocabulary (ids 0..{len(vocab) - 1})"
+                ) from None
+        return b"".join(pieces).decode("utf-8", errors="replace")

@@ -11,11 +11,20 @@ from hypothesis import strategies as st
 
 from diffusionlm.errors import InputError
 from diffusionlm.tokenizer.bpe_trainer import train_bpe
+from diffusionlm.tokenizer.pretokenize import GPT2_REGEX, find_pretokens
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
 TRICKY = ["", " ", "  ", "\n", "\n\n", "\t", "'s", "'ll", "'", "s", "hello", " world", "1", "23", "é", "🙂",
           "東京", "!", "?!", "\r\n", EOT, "<|mask|>", "<|", "|>", "\u00a0", "\u200b", "a\u0301"]
+
+# Long stretches of common characters broken by uncommon ones (CJK, emoji, U+3000 space, Devanagari),
+# so that `find_pretokens` switches between its two engines at every kind of boundary.
+COMMON_STRETCH = st.lists(st.sampled_from(["the", " cat", "  ", " ", "\n", "\n\n", "\t", "'s", "42", "?!", " é",
+                                           "\u2019", "\u201c", "\u00a0", "\u2028", "\u2160", "\u00b2", "\x1c"]),
+                          min_size=50, max_size=200).map("".join)
+UNCOMMON = st.sampled_from(["東京", "🙂", "\u3000", "\u0915", " 東", "🙂 "])
+ENGINE_SWITCHING = st.lists(COMMON_STRETCH | UNCOMMON, max_size=12).map("".join)
 
 SMALL_WORDS = ["The", " cat", " sat", " on", " the", " mat", ".", " dog", " didn", "'t", "ca", "t "]
 
@@ -66,6 +75,18 @@ def test_any_unicode_encodes_like_tiktoken_and_round_trips(gpt2, tiktoken_gpt2, 
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(st.sampled_from(TRICKY) | st.text(max_size=4), max_size=30).map("".join))
 def test_boundary_heavy_text_encodes_like_tiktoken(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
+
+
+@settings(max_examples=200, deadline=None)
+@given(ENGINE_SWITCHING)
+def test_find_pretokens_matches_the_gpt2_regex_across_engine_switches(text):
+    assert find_pretokens(text) == GPT2_REGEX.findall(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ENGINE_SWITCHING)
+def test_engine_switching_text_encodes_like_tiktoken(gpt2, tiktoken_gpt2, text):
     assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
 
 

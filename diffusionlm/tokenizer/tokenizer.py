@@ -17,15 +17,13 @@ from itertools import chain
 import regex
 
 from diffusionlm.errors import InputError
-from diffusionlm.tokenizer.pretokenize import GPT2_REGEX, special_token_regex
+from diffusionlm.tokenizer.pretokenize import find_pretokens, special_token_regex
 
 # Distinct pre-tokens remembered; at a few hundred bytes each this caps the cache near 50 MB.
 # When full it is emptied and refilled: cheaper per lookup than an LRU, and just as bounded.
 PRETOKEN_CACHE_SIZE = 1 << 17
 # encode_iterable buffers at least this many characters before cutting, to amortise the cut search.
 STREAM_BUFFER_CHARS = 1 << 16
-# The rank of a pair that has no merge: sorts after every real (rank, merged id).
-_NO_MERGE = (float("inf"), -1)
 # The last position in a string where a non-space is followed by a space (see `_safe_cut`).
 _LAST_WORD_END = regex.compile(r"(?r)\S\s")
 
@@ -62,14 +60,17 @@ class Tokenizer:
         self._token_ids = token_ids
         self._special_regex = special_token_regex(self._special_ids)
         self._byte_ids = [self._require_id(token_ids, bytes([byte]), "byte") for byte in range(256)]
-        self._merge_ranks: dict[tuple[int, int], tuple[int, int]] = {}  # pair -> (rank, merged id)
+        # The merge loop compares and looks up plain ints rather than building tuples: a pair
+        # (left, right) is the key `left << id_bits | right`, and its value `rank << id_bits | merged`
+        # sorts by rank and carries the merged id in its low bits.
+        self._id_bits = id_bits = max(len(self.vocab) - 1, 1).bit_length()
+        self._no_merge = len(self.merges) << id_bits  # above every real merge's value
+        self._merge_ranks: dict[int, int] = {}
         for rank, (first, second) in enumerate(self.merges):
-            pair = (
-                self._require_id(token_ids, first, "merge token"),
-                self._require_id(token_ids, second, "merge token"),
-            )
+            left = self._require_id(token_ids, first, "merge token")
+            right = self._require_id(token_ids, second, "merge token")
             merged = self._require_id(token_ids, first + second, "merged token")
-            self._merge_ranks.setdefault(pair, (rank, merged))
+            self._merge_ranks.setdefault(left << id_bits | right, rank << id_bits | merged)
         self._pretoken_cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
@@ -120,31 +121,32 @@ class Tokenizer:
     def _merge_pretoken(self, pretoken: str) -> tuple[int, ...]:
         """BPE-merge one pre-token: merge the lowest-rank adjacent pair (the leftmost on a tie)
         until no pair has a merge. Only the two pairs beside a merge change, so the list of
-        pair ranks is patched rather than rebuilt, and `min`/`index` scan it in C."""
+        pair values is patched rather than rebuilt, and `min`/`index` scan it in C."""
         token_bytes = pretoken.encode("utf-8")
         whole = self._token_ids.get(token_bytes)
         if whole is not None:
             return (whole,)
-        byte_ids = self._byte_ids
-        ids = [byte_ids[byte] for byte in token_bytes]
+        ids = list(map(self._byte_ids.__getitem__, token_bytes))
         find_merge = self._merge_ranks.get
-        pair_ranks = [find_merge(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
-        while pair_ranks:
-            best = min(pair_ranks)
-            if best is _NO_MERGE:
+        id_bits, no_merge = self._id_bits, self._no_merge
+        id_mask = (1 << id_bits) - 1
+        merges = [find_merge(left << id_bits | right, no_merge) for left, right in zip(ids, ids[1:])]
+        while merges:
+            best = min(merges)
+            if best == no_merge:
                 break
-            i = pair_ranks.index(best)
-            merged_id = best[1]
-            ids[i : i + 2] = (merged_id,)
-            del pair_ranks[i]
+            i = merges.index(best)
+            merged = best & id_mask
+            ids[i : i + 2] = (merged,)
+            del merges[i]
             if i > 0:
-                pair_ranks[i - 1] = find_merge((ids[i - 1], merged_id), _NO_MERGE)
-            if i < len(pair_ranks):
-                pair_ranks[i] = find_merge((merged_id, ids[i + 1]), _NO_MERGE)
+                merges[i - 1] = find_merge(ids[i - 1] << id_bits | merged, no_merge)
+            if i < len(merges):
+                merges[i] = find_merge(merged << id_bits | ids[i + 1], no_merge)
         return tuple(ids)
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        pretokens = GPT2_REGEX.findall(text)
+        pretokens = find_pretokens(text)
         cache = self._pretoken_cache
         try:  # the common case once warm: every pre-token already seen
             return list(chain.from_iterable(map(cache.__getitem__, pretokens)))
@@ -154,14 +156,13 @@ class Tokenizer:
         if len(cache) + len(unseen) > PRETOKEN_CACHE_SIZE:
             cache.clear()
             unseen = set(pretokens)
-        for pretoken in unseen:
-            cache[pretoken] = self._merge_pretoken(pretoken)
+        cache.update(zip(unseen, map(self._merge_pretoken, unseen)))
         return list(chain.from_iterable(map(cache.__getitem__, pretokens)))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens in it become their single ids."""
-        if self._special_regex is None:
-            return self._encode_ordinary(text)
+        if self._special_regex is None or not any(token in text for token in self._special_ids):
+            return self._encode_ordinary(text)  # skips a regex pass over text with no special token
         ids: list[int] = []
         start = 0
         for match in self._special_regex.finditer(text):

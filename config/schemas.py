@@ -83,12 +83,13 @@ class AdamWGroupConfig(Section):
 
 
 class MuonGroupConfig(Section):
-    """`[optimizer.muon.hidden]`: Muon for the 2-D weight matrices inside the blocks."""
+    """`[optimizer.muon.hidden]`: Muon for every 2-D weight matrix except the embedding and the LM head."""
 
     max_learning_rate: float = Field(0.02, gt=0)
     momentum: float = Field(0.95, ge=0, lt=1)
     nesterov: bool = True
     ns_steps: int = Field(5, gt=0, description="Newton-Schulz iterations")
+    ns_dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Newton-Schulz matmul precision")
     weight_decay: float = Field(0.0, ge=0)
 
 
@@ -166,6 +167,7 @@ class DataConfig(Section):
     shuffle_buffer_size: int = Field(1000, ge=0)
     shuffle_seed: int = 0
     num_workers: int = Field(0, ge=0, description="tokenizer worker processes (0: in the training process)")
+    hub_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for the Hugging Face Hub before failing (offline check)")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
 
 
@@ -210,6 +212,8 @@ class CheckpointConfig(Section):
 class InferenceConfig(Section):
     """`[inference]`: the sampler (LLaDA semantics) and its fast paths."""
 
+    checkpoint: Path = Field(Path("runs/quickstart"),
+                             description="run directory (newest checkpoint), a checkpoint .pt, or an export/ directory")
     prompt: str = ""
     steps: int = Field(64, gt=0)
     total_length: int = Field(128, gt=0, description="prompt + generated tokens")

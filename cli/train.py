@@ -1,0 +1,53 @@
+"""Train a masked-diffusion language model (or, with `[model].causal = true`, the autoregressive baseline).
+
+    uv run diffusionlm-train                                   # quick start on the built-in corpus
+    uv run diffusionlm-train --config config/resources/train_tinystories.toml
+    uv run diffusionlm-train --resume latest                   # continue the run named in the config
+    uv run diffusionlm-train --resume runs/quickstart/checkpoints/step_00000200.pt
+    uv run diffusionlm-train --dry-run                         # validate, count parameters, exit
+
+Metrics are printed as JSON lines on stdout; checkpoints, the resolved config, the tokenizer
+files and the exported weights go to <runs_path>/<run_name>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli.utils import run_cli
+from config.train import TrainConfig
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", metavar="PATH|latest", default=None,
+                        help="continue from a checkpoint file, a run directory's newest checkpoint, or "
+                             "'latest' (the newest checkpoint of runs_path/run_name)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config and tokenizer, build the model on the meta device, "
+                             "print its parameter count and exit")
+
+
+def _run(config: TrainConfig, args: argparse.Namespace) -> int:
+    from diffusionlm.training.device import resolve_device
+    from diffusionlm.training.trainer import count_parameters, load_run_tokenizer, train
+
+    if args.dry_run:
+        load_run_tokenizer(config)
+        device = resolve_device(config.training.device)
+        total, non_embedding = count_parameters(config)
+        print(f"config OK; device {device}; model parameters: {total:,} ({non_embedding:,} non-embedding)")
+        return 0
+    result = train(config, resume=args.resume)
+    print(f"run directory: {result.run_dir}\nfinal checkpoint: {result.final_checkpoint}"
+          + (f"\nexported weights: {result.export_dir}" if result.export_dir else ""), file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, TrainConfig, prog="diffusionlm-train", description=__doc__,
+                   default_config="train.toml", add_arguments=_add_arguments, argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""`diffusionlm-bench-train` config: our training step against the plain reference model, same shapes.
+
+Relative paths are resolved from the directory the command runs in (the repo root, where
+`../shared/reference` sits beside the checkout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from config.schemas import BenchmarkConfig, Device
+
+
+class BenchTrainConfig(BaseModel):
+    """Which shapes, device and variants to time; `[benchmark]` holds repetitions and threads."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    reference_path: Path = Path("../shared/reference/ref_bench.py")
+    preset: Literal["auto", "cpu-small", "gpt2-small"] = "auto"
+    device: Device = "auto"
+    compile: bool = False
+    rounds: int = Field(6, gt=0, description="alternations of reference and ours")
+    peak_tflops: float = Field(989.0, gt=0)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)

@@ -1,0 +1,29 @@
+"""The one seam where data-parallel training synchronises gradients.
+
+The loop calls `grad_sync.no_sync()` around the backward passes of accumulation micro-steps
+(nothing to communicate yet) and `grad_sync.finish()` after the last backward of an
+optimizer step, before clipping reads the gradients. A single process uses `LocalGradSync`,
+which does nothing; a data-parallel wrapper (e.g. `ddp.DDP`) satisfies the same protocol
+with its bucketed all-reduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+
+class GradSync(Protocol):
+    def no_sync(self) -> contextlib.AbstractContextManager: ...
+
+    def finish(self) -> None: ...
+
+
+class LocalGradSync:
+    """Single process: gradients are already complete after backward."""
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def finish(self) -> None:
+        return None

@@ -1,0 +1,220 @@
+"""The training loop: optimizer steps made of accumulated micro-steps, with logging,
+validation, checkpoints and a guard against non-finite losses.
+
+Counting: `iteration` counts micro-steps (one forward/backward on one batch), the unit of
+`max_train_iteration`, `val_freq_iteration`, `ckpting_save_iter` and `log_every`. The
+optimizer steps once every `grad_accum_steps` micro-steps, so a run makes
+max_train_iteration / grad_accum_steps optimizer steps and sees
+max_train_iteration * batch_size sequences per rank. Periodic events fire at the first
+optimizer-step boundary at or after each multiple of their frequency, so checkpoints always
+hold a complete optimizer step.
+
+Host syncs: one per optimizer step (the finiteness check of loss and gradient norm, which
+decides whether to step); logged values are read at log steps only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from config.schemas import OptimizerConfig
+from diffusionlm.training.clipping import clip_grad_norm_
+from diffusionlm.training.grad_sync import GradSync
+from diffusionlm.training.metrics import ActivationNorms, weight_norms
+from diffusionlm.training.objective import Objective
+from diffusionlm.training.schedule import apply_lr_schedule, cosine_lr
+from diffusionlm.training.validation import Validator
+from logger.base import Logger
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised under `nan_policy = "stop"`; the message says where and what was (not) saved."""
+
+
+@dataclass
+class LoopState:
+    """Progress counters; saved in checkpoints so a resumed run continues the same schedule."""
+
+    iteration: int = 0
+    optimizer_step: int = 0
+    skipped_steps: int = 0
+
+
+@dataclass
+class StepSettings:
+    """What one optimizer step needs besides the model, optimizer and data."""
+
+    device: torch.device
+    grad_accum_steps: int
+    optimizer_cfg: OptimizerConfig
+    autocast: Callable[[], object]
+
+
+@dataclass
+class StepResult:
+    """One optimizer step. Tensors stay on the device until a log step reads them."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    mask_ratio: torch.Tensor | None
+    lr: float
+    lrs: dict[str, float]
+    finite: bool
+    data_wait_s: float
+    tokens: int
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
+               objective: Objective, noise_generator: torch.Generator | None, grad_sync: GradSync,
+               settings: StepSettings, schedule_step: int) -> StepResult:
+    """Accumulate gradients over `grad_accum_steps` batches, clip, and step unless non-finite.
+
+    Micro-step losses are divided by grad_accum_steps so the accumulated gradient is the mean.
+    Gradients are synchronised (grad_sync) only on the last micro-step. A non-finite loss or
+    gradient norm leaves the parameters untouched (`finite=False`); the caller decides what
+    that means.
+    """
+    cfg = settings.optimizer_cfg
+    lrs = apply_lr_schedule(optimizer, schedule_step, cfg)
+    lr = cosine_lr(schedule_step, max_lr=cfg.max_learning_rate, min_lr=cfg.min_learning_rate,
+                   warmup_iters=cfg.warmup_iters, cosine_cycle_iters=cfg.cosine_cycle_iters)
+    accum = settings.grad_accum_steps
+    loss_sum = torch.zeros((), device=settings.device)
+    mask_ratio_sum = None
+    data_wait, tokens = 0.0, 0
+    for micro in range(accum):
+        start = time.perf_counter()
+        x0 = next_batch().to(settings.device, non_blocking=True)
+        data_wait += time.perf_counter() - start
+        tokens += x0.numel()
+        sync_context = grad_sync.no_sync() if micro < accum - 1 else contextlib.nullcontext()
+        with sync_context:
+            with settings.autocast():
+                out = objective(model, x0, noise_generator)
+            (out.loss / accum).backward()
+        loss_sum += out.loss.detach().float()
+        if out.mask_ratio is not None:
+            mask_ratio_sum = out.mask_ratio if mask_ratio_sum is None else mask_ratio_sum + out.mask_ratio
+    grad_sync.finish()
+    max_norm = cfg.grad_clip_max_l2_norm
+    grad_norm = clip_grad_norm_(model.parameters(), max_norm if max_norm is not None else float("inf"))
+    loss = loss_sum / accum
+    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss=loss, grad_norm=grad_norm,
+                      mask_ratio=None if mask_ratio_sum is None else mask_ratio_sum / accum,
+                      lr=lr, lrs=lrs, finite=finite, data_wait_s=data_wait, tokens=tokens)
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """True if a multiple of `every` lies in (before, after]."""
+    return after // every > before // every
+
+
+@dataclass
+class LoopHooks:
+    """Side effects the loop triggers but does not own: saving a checkpoint (run directory,
+    optimizer shards and data-loader state are the trainer's business)."""
+
+    save_checkpoint: Callable[[LoopState, dict[str, float]], None]
+    last_checkpoint: Callable[[], str | None] = field(default=lambda: None)
+
+
+@dataclass
+class _Window:
+    """Throughput bookkeeping between two log lines (excludes validation and checkpoint time)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
+    data_wait_s: float = 0.0
+
+    def rates(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"metrics.tokens_per_s": self.tokens / elapsed, "metrics.data_wait_frac": self.data_wait_s / elapsed}
+
+
+def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
+               objective: Objective, noise_generator: torch.Generator | None, grad_sync: GradSync,
+               settings: StepSettings, validator: Validator | None, logger: Logger, hooks: LoopHooks,
+               state: LoopState, max_iteration: int, log_every: int, val_every: int, save_every: int,
+               nan_policy: str, log_activation_norms: bool = False, log_weight_norms: bool = False,
+               rank: int = 0, world_size: int = 1) -> LoopState:
+    """Run optimizer steps until `state.iteration` reaches `max_iteration`; returns the final state.
+
+    The last step always saves a checkpoint (the final one). `rank`/`world_size` only decide who shows
+    progress; logging goes through the (rank-zero) logger and gradients through `grad_sync`.
+    """
+    activation_norms = ActivationNorms(model) if log_activation_norms else None
+    progress = tqdm(total=max_iteration, initial=state.iteration, unit="it", dynamic_ncols=True,
+                    disable=rank != 0 or not sys.stderr.isatty())
+    window = _Window()
+    last_metrics: dict[str, float] = {}
+    try:
+        if validator is not None and state.iteration == 0:  # the baseline every later evaluation is read against
+            logger.log(validator.evaluate(model), step=0)
+            window = _Window()
+        while state.iteration < max_iteration:
+            before = state.iteration
+            result = train_step(model, optimizer, next_batch, objective=objective, noise_generator=noise_generator,
+                                grad_sync=grad_sync, settings=settings, schedule_step=state.optimizer_step)
+            state.iteration += settings.grad_accum_steps
+            window.tokens += result.tokens * world_size
+            window.data_wait_s += result.data_wait_s
+            progress.update(settings.grad_accum_steps)
+            if result.finite:
+                state.optimizer_step += 1
+            elif nan_policy == "stop":
+                saved = hooks.last_checkpoint()
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at iteration {state.iteration} (loss={result.loss.item()}, "
+                    f"grad_l2_norm={result.grad_norm.item()}); stopped without saving. "
+                    + (f"Last good checkpoint: {saved}. " if saved else "No checkpoint was written. ")
+                    + 'Lower the learning rate or set training.nan_policy = "skip".')
+            else:
+                state.skipped_steps += 1
+
+            if crossed(before, state.iteration, log_every) or state.iteration >= max_iteration:
+                metrics: dict[str, float] = {
+                    "metrics.loss": result.loss.item(),
+                    "metrics.lr": result.lr,
+                    **{f"metrics.lr/{name}": lr for name, lr in result.lrs.items()},
+                    "metrics.grad_l2_norm": result.grad_norm.item(),
+                    **window.rates(),
+                    "metrics.skipped_steps": state.skipped_steps,
+                }
+                if result.mask_ratio is not None:
+                    metrics["metrics.mask_ratio"] = result.mask_ratio.item()
+                if activation_norms is not None:
+                    metrics.update({f"metrics.{k}": v for k, v in activation_norms.read().items()})
+                if log_weight_norms:
+                    metrics.update({f"metrics.{k}": v for k, v in weight_norms(model).items()})
+                logger.log(metrics, step=state.iteration)
+                progress.set_postfix(loss=f"{metrics['metrics.loss']:.3f}", refresh=False)
+                last_metrics.update(metrics)
+                window = _Window()
+
+            if validator is not None and (crossed(before, state.iteration, val_every)
+                                          or state.iteration >= max_iteration):
+                val_metrics = validator.evaluate(model)
+                logger.log(val_metrics, step=state.iteration)
+                last_metrics.update(val_metrics)
+                window = _Window()
+
+            if crossed(before, state.iteration, save_every) or state.iteration >= max_iteration:
+                hooks.save_checkpoint(state, last_metrics)
+                window = _Window()
+    finally:
+        progress.close()
+        if activation_norms is not None:
+            activation_norms.remove()
+    return state

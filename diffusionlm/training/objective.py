@@ -1,0 +1,68 @@
+"""The training objective chosen by `[model].causal`: masked diffusion, or next-token prediction.
+
+Both sit behind one call signature so the loop, validation and the benchmark treat them
+alike; the math itself lives in `diffusionlm.diffusion.loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from config.schemas import ModelConfig, TrainingConfig
+from diffusionlm.diffusion.loss import autoregressive_loss, diffusion_loss
+
+
+@dataclass
+class ObjectiveOutput:
+    """loss carries the graph; mask_ratio is a detached device scalar (None for the AR baseline)."""
+
+    loss: torch.Tensor
+    mask_ratio: torch.Tensor | None
+
+
+@dataclass
+class DiffusionObjective:
+    """LLaDA's masked-diffusion loss; noise is drawn from the generator passed per call."""
+
+    mask_token_id: int
+    noise_epsilon: float
+    random_trunc_prob: float
+    antithetic: bool
+
+    def __call__(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None) -> ObjectiveOutput:
+        out = diffusion_loss(model, x0, mask_token_id=self.mask_token_id, noise_epsilon=self.noise_epsilon,
+                             random_trunc_prob=self.random_trunc_prob, antithetic=self.antithetic,
+                             generator=generator)
+        return ObjectiveOutput(out.loss, out.mask_ratio)
+
+    @staticmethod
+    def scored_tokens(x0: torch.Tensor) -> torch.Tensor:
+        """The tokens the loss is an estimate over (all of them: the loss is divided by B*L)."""
+        return x0
+
+
+class AutoregressiveObjective:
+    """Next-token cross-entropy for `[model].causal = true` (draws no noise)."""
+
+    def __call__(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None) -> ObjectiveOutput:
+        return ObjectiveOutput(autoregressive_loss(model, x0), None)
+
+    @staticmethod
+    def scored_tokens(x0: torch.Tensor) -> torch.Tensor:
+        """Every token but the first of each row is predicted."""
+        return x0[:, 1:]
+
+
+Objective = DiffusionObjective | AutoregressiveObjective
+
+
+def build_objective(model_cfg: ModelConfig, training_cfg: TrainingConfig, *, validation: bool = False) -> Objective:
+    """The run's objective. Validation never truncates, so every evaluation scores the same tokens."""
+    if model_cfg.causal:
+        return AutoregressiveObjective()
+    return DiffusionObjective(mask_token_id=model_cfg.mask_token_id, noise_epsilon=training_cfg.noise_epsilon,
+                              random_trunc_prob=0.0 if validation else training_cfg.random_trunc_prob,
+                              antithetic=training_cfg.antithetic_time)

@@ -1,0 +1,41 @@
+"""Capture and restore every random stream a run draws from, in checkpoint-safe types.
+
+A resumed run must draw exactly the numbers the uninterrupted one would have drawn. The
+states are stored as tensors, ints, lists and tuples only, so `torch.load(weights_only=True)`
+reads them back (numpy's state array becomes a plain list of ints).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def capture_rng_state(noise_generator: torch.Generator) -> dict[str, Any]:
+    """Python, numpy, torch (CPU), CUDA and the run's noise generator, as plain data."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    python_version, python_internal, python_gauss = random.getstate()
+    return {
+        "python": [python_version, list(python_internal), python_gauss],
+        "numpy": {"name": name, "keys": keys.tolist(), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "noise": noise_generator.get_state(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any], noise_generator: torch.Generator) -> None:
+    """Inverse of `capture_rng_state`. CUDA states are restored only when CUDA is present."""
+    python_version, python_internal, python_gauss = state["python"]
+    random.setstate((python_version, tuple(python_internal), python_gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], np.asarray(numpy_state["keys"], dtype=np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    noise_generator.set_state(state["noise"].cpu())

@@ -1,0 +1,237 @@
+"""Wiring: build everything a run needs from a `TrainConfig`, then hand it to the loop.
+
+    config -> tokenizer check -> device -> run directory (config.toml, tokenizer/)
+           -> model, optimizer, data, validation, logger -> [restore checkpoint] -> train_loop
+           -> export/model.safetensors -> a sample
+
+Nothing here computes a loss or steps an optimizer; see `loop.py` for that.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config.io import write_config
+from config.train import TrainConfig, check_tokenizer_matches_model
+from diffusionlm.data.streaming import StreamingBatches
+from diffusionlm.errors import InputError
+from diffusionlm.models.transformer import TransformerLM
+from diffusionlm.tokenizer.io import load_tokenizer, save_tokenizer
+from diffusionlm.tokenizer.tokenizer import Tokenizer
+from diffusionlm.training.checkpoint import (
+    Checkpointer,
+    check_same_model,
+    list_checkpoints,
+    optimizer_shard,
+    resolve_and_load,
+    run_dir_of,
+)
+from diffusionlm.training.device import autocast_context, resolve_device
+from diffusionlm.training.export import export_safetensors
+from diffusionlm.training.grad_sync import GradSync, LocalGradSync
+from diffusionlm.training.loop import LoopHooks, LoopState, StepSettings, train_loop
+from diffusionlm.training.objective import Objective, build_objective
+from diffusionlm.training.optim import build_optimizer
+from diffusionlm.training.rng import capture_rng_state, restore_rng_state
+from diffusionlm.training.sample import sample_text
+from diffusionlm.training.validation import Validator
+from logger import Logger, build_logger
+
+TOKENIZER_DIRNAME = "tokenizer"
+EXPORT_DIRNAME = "export"
+
+
+@dataclass
+class Trainer:
+    """Everything one run is made of, built and (on resume) restored by `build_trainer`."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    tokenizer: Tokenizer
+    model: TransformerLM
+    optimizer: torch.optim.Optimizer
+    train_batches: StreamingBatches
+    validator: Validator | None
+    objective: Objective
+    noise_generator: torch.Generator
+    logger: Logger
+    checkpointer: Checkpointer
+    state: LoopState = field(default_factory=LoopState)
+    grad_sync: GradSync = field(default_factory=LocalGradSync)
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_checkpoint: Path | None
+    export_dir: Path | None
+    state: LoopState
+    sample: str | None
+
+
+def load_run_tokenizer(config: TrainConfig) -> Tokenizer:
+    """The configured tokenizer, checked against `[model]` (special ids, vocabulary size)."""
+    tok = config.data.tokenizer
+    tokenizer = load_tokenizer(tok.vocab_path, tok.merges_path, tok.special_tokens_path, tok.special_tokens)
+    source = str(tok.vocab_path) if tok.vocab_path is not None else "the built-in tokenizer"
+    check_tokenizer_matches_model(config.model, tokenizer, source)
+    return tokenizer
+
+
+def count_parameters(config: TrainConfig) -> tuple[int, int]:
+    """(total, non-embedding) parameters, from a model built on the meta device (no memory used)."""
+    with torch.device("meta"):
+        model = TransformerLM(config.model)
+    return model.num_parameters(), model.num_parameters(exclude_embedding=True)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return the CPU generator that draws the diffusion noise.
+
+    Noise is drawn on the CPU whatever the device, so a seed means the same masks on any machine.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    name = config.logging.run_name or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = config.checkpoint.runs_path / name
+    if list_checkpoints(run_dir):
+        raise InputError(f"{run_dir}: this run directory already holds checkpoints; continue it with "
+                         f"--resume latest, or choose another logging.run_name")
+    return run_dir
+
+
+def _write_run_files(config: TrainConfig, run_dir: Path, tokenizer: Tokenizer) -> None:
+    """config.toml and the tokenizer files, so the run directory is self-contained for inference."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, run_dir / "config.toml")
+    save_tokenizer(run_dir / TOKENIZER_DIRNAME, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
+
+
+def _decode_text(tokenizer: Tokenizer):
+    """Decode ids to text without special tokens: they carry no bytes of the original text."""
+    special_ids = set(tokenizer.special_tokens.values())
+    return lambda ids: tokenizer.decode([i for i in ids if i not in special_ids])
+
+
+def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int = 0, world_size: int = 1,
+                  grad_sync: GradSync | None = None) -> Trainer:
+    """Build (and on `resume`, restore) a run. Every user-fixable problem is an InputError
+    raised before the run directory is touched, except a bad checkpoint, which never alters it."""
+    tokenizer = load_run_tokenizer(config)
+    device = resolve_device(config.training.device)
+    training = config.training
+
+    checkpoint = checkpoint_file = None
+    default_run_dir = (config.checkpoint.runs_path / config.logging.run_name) if config.logging.run_name else None
+    if resume is not None:
+        checkpoint_file, checkpoint = resolve_and_load(resume, default_run_dir, map_location="cpu")
+        check_same_model(checkpoint, config.model.model_dump(mode="json"), checkpoint_file)
+        run_dir = run_dir_of(checkpoint_file)
+    else:
+        run_dir = _new_run_dir(config)
+
+    noise_generator = seed_everything(training.seed)
+    model = TransformerLM(config.model).to(device)
+    optimizer = build_optimizer(model, config.optimizer)
+    if training.compile:
+        for block in model.blocks:
+            block.compile()
+
+    train_batches = StreamingBatches(config.data, tokenizer.encode, config.model.eot_token_id,
+                                     split=config.data.train_split, context_length=config.model.context_length,
+                                     batch_size=training.batch_size, rank=rank, world_size=world_size,
+                                     seed=training.seed, loop=True)
+    validator = None
+    if not training.skip_validation:
+        val_batches = StreamingBatches(config.data, tokenizer.encode, config.model.eot_token_id,
+                                       split=config.data.val_split, context_length=config.model.context_length,
+                                       batch_size=training.batch_size, rank=rank, world_size=world_size,
+                                       seed=training.seed, loop=False)
+        validator = Validator(val_batches, training.max_val_iteration,
+                              build_objective(config.model, training, validation=True), _decode_text(tokenizer),
+                              seed=training.seed, device=device,
+                              autocast=lambda: autocast_context(device, training.dtype),
+                              source=f"data.val_split {config.data.val_split!r}")
+        val_batches.close()
+
+    state = LoopState()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(optimizer_shard(checkpoint, rank, world_size, checkpoint_file))
+        train_batches.load_state_dict(checkpoint["data"][rank])
+        restore_rng_state(checkpoint["rng"], noise_generator)
+        state = LoopState(iteration=checkpoint["step"], optimizer_step=checkpoint["scheduler_step"],
+                          skipped_steps=checkpoint["skipped_steps"])
+    if rank == 0:
+        _write_run_files(config, run_dir, tokenizer)
+    config_dict = config.model_dump(mode="json")
+    return Trainer(config=config, run_dir=run_dir, device=device, tokenizer=tokenizer, model=model,
+                   optimizer=optimizer, train_batches=train_batches, validator=validator,
+                   objective=build_objective(config.model, training), noise_generator=noise_generator,
+                   logger=build_logger(config.logging, config.wandb, run_dir=run_dir, config=config_dict, rank=rank),
+                   checkpointer=Checkpointer(run_dir, config.checkpoint.keep_last_n, config_dict, rank),
+                   state=state, grad_sync=grad_sync or LocalGradSync(), rank=rank, world_size=world_size)
+
+
+def _save_hook(trainer: Trainer):
+    def save(state: LoopState, metrics: dict[str, float]) -> None:
+        trainer.checkpointer.save(
+            step=state.iteration, scheduler_step=state.optimizer_step, skipped_steps=state.skipped_steps,
+            model_state=trainer.model.state_dict(), optimizer_shards={trainer.rank: trainer.optimizer.state_dict()},
+            rng=capture_rng_state(trainer.noise_generator), data={trainer.rank: trainer.train_batches.state_dict()},
+            metrics=metrics)
+    return save
+
+
+def run_training(trainer: Trainer) -> TrainResult:
+    """Train to `max_train_iteration`, export the weights, print a sample; returns where things are."""
+    config, training = trainer.config, trainer.config.training
+    settings = StepSettings(device=trainer.device, grad_accum_steps=training.grad_accum_steps,
+                            optimizer_cfg=config.optimizer,
+                            autocast=lambda: autocast_context(trainer.device, training.dtype))
+    batches = trainer.train_batches
+    try:
+        state = train_loop(
+            trainer.model, trainer.optimizer, lambda: next(batches), objective=trainer.objective,
+            noise_generator=trainer.noise_generator, grad_sync=trainer.grad_sync, settings=settings,
+            validator=trainer.validator, logger=trainer.logger,
+            hooks=LoopHooks(save_checkpoint=_save_hook(trainer),
+                            last_checkpoint=lambda: trainer.checkpointer.last_saved),
+            state=trainer.state, max_iteration=training.max_train_iteration, log_every=config.logging.log_every,
+            val_every=training.val_freq_iteration, save_every=training.ckpting_save_iter,
+            nan_policy=training.nan_policy, log_activation_norms=config.logging.log_activation_norms,
+            log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size)
+        export_dir = sample = None
+        if trainer.rank == 0:
+            if config.checkpoint.export_safetensors:
+                export_dir = export_safetensors(trainer.model, config.model, trainer.run_dir / EXPORT_DIRNAME)
+                trainer.logger.log_artifact(export_dir, name="model", type="model")
+            if training.sample_at_end:
+                sample = sample_text(trainer.model, trainer.tokenizer, config.model, trainer.device)
+                trainer.logger.log({"sample": sample}, step=state.iteration)
+                print(f"--- sample from the final model ---\n{sample}\n---", file=sys.stderr, flush=True)
+        return TrainResult(run_dir=trainer.run_dir, final_checkpoint=trainer.checkpointer.last_saved,
+                           export_dir=export_dir, state=state, sample=sample)
+    finally:
+        batches.close()
+        trainer.logger.finish()
+
+
+def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
+    """Build and run a single-process training run (the library entry point behind `diffusionlm-train`)."""
+    return run_training(build_trainer(config, resume=resume))

@@ -1,0 +1,146 @@
+"""Checkpoint files: safe loading, corruption handling, keep-last-N, atomic writes, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_fixtures import tiny_config, write_tiny_toml
+
+from cli.train import main as train_main
+from diffusionlm.errors import InputError
+from diffusionlm.training.checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from diffusionlm.training.trainer import build_trainer, run_training
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny run (checkpoints at steps 8 and 12 kept) and its config file."""
+    root = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    config_path = write_tiny_toml(root / "tiny.toml", root / "runs", training={"skip_validation": True})
+    assert train_main(["--config", str(config_path)]) == 0
+    return root / "runs" / "tiny", config_path
+
+
+def _payload(step: int) -> dict:
+    return {"format_version": 1, "step": step, "model": {"w": torch.full((2,), float(step))}, "optimizer": {0: {}},
+            "scheduler_step": step, "rng": {}, "data": {0: {}}, "config": {"model": {}}, "metrics": {}}
+
+
+def test_checkpoint_loads_with_weights_only_including_rng_and_loader_state(finished_run):
+    run_dir, _ = finished_run
+    checkpoint = torch.load(list_checkpoints(run_dir)[-1], weights_only=True)
+    assert checkpoint["step"] == 12 and checkpoint["scheduler_step"] == 12
+    assert isinstance(checkpoint["rng"]["numpy"]["keys"], list)
+    assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda", "noise"}
+    assert checkpoint["data"][0]["rows_consumed"] > 0
+    assert set(checkpoint["optimizer"]) == {0}
+    assert checkpoint["config"]["model"]["d_model"] == 32
+    assert all(t.dtype == torch.float32 for t in checkpoint["model"].values())
+
+
+def test_keep_last_n_keeps_only_the_newest_checkpoints(finished_run):
+    run_dir, _ = finished_run
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000008.pt", "step_00000012.pt"]
+
+
+def test_prune_deletes_oldest_first(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(checkpoint_path(tmp_path, step), _payload(step))
+    removed = prune_checkpoints(tmp_path, keep_last_n=1)
+    assert [p.name for p in removed] == ["step_00000001.pt", "step_00000002.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt"]
+
+
+def test_failed_write_leaves_no_partial_file_and_the_old_checkpoint_intact(tmp_path):
+    path = checkpoint_path(tmp_path, 5)
+    save_checkpoint(path, _payload(5))
+    before = path.read_bytes()
+    unpicklable = _payload(5) | {"metrics": {"bad": (i for i in range(3))}}  # generators cannot be pickled
+    with pytest.raises(TypeError, match="pickle"):
+        save_checkpoint(path, unpicklable)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_truncated_checkpoint_is_an_input_error_naming_the_file(tmp_path):
+    path = checkpoint_path(tmp_path, 3)
+    save_checkpoint(path, _payload(3))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_latest_with_corrupt_newest_names_it_and_the_previous_good_one(tmp_path):
+    good, bad = checkpoint_path(tmp_path, 1), checkpoint_path(tmp_path, 2)
+    save_checkpoint(good, _payload(1))
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError) as err:
+        load_latest_checkpoint(tmp_path)
+    assert str(bad) in str(err.value) and f"--resume {good}" in str(err.value)
+    assert load_checkpoint(good)["step"] == 1
+
+
+def test_resume_from_corrupt_checkpoint_exits_2_and_keeps_the_previous_one(finished_run, tmp_path, capsys):
+    run_dir, config_path = finished_run
+    older, newest = list_checkpoints(run_dir)
+    corrupt = tmp_path / "step_00000012.pt"
+    corrupt.write_bytes(newest.read_bytes()[:1000])
+    older_bytes = older.read_bytes()
+    assert train_main(["--config", str(config_path), "--resume", str(corrupt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(corrupt) in err and "corrupt or truncated" in err
+    assert older.read_bytes() == older_bytes
+
+
+def test_checkpoint_from_another_model_config_is_rejected_naming_the_field(finished_run):
+    run_dir, _ = finished_run
+    config = tiny_config(run_dir.parent, model={"d_model": 64})
+    with pytest.raises(InputError, match="model.d_model"):
+        build_trainer(config, resume=str(run_dir))
+
+
+def test_fresh_run_refuses_a_run_directory_that_already_has_checkpoints(finished_run):
+    run_dir, _ = finished_run
+    with pytest.raises(InputError, match="--resume latest"):
+        build_trainer(tiny_config(run_dir.parent))
+
+
+def test_exported_safetensors_match_the_final_checkpoint(finished_run):
+    run_dir, _ = finished_run
+    exported = load_file(run_dir / "export" / "model.safetensors")
+    final = load_checkpoint(list_checkpoints(run_dir)[-1])["model"]
+    assert exported.keys() == final.keys()
+    assert all(torch.equal(exported[k], final[k]) for k in final)
+    config = json.loads((run_dir / "export" / "config.json").read_text())
+    assert config["format_version"] == 1 and config["model"]["d_model"] == 32
+
+
+def test_resume_restores_numpy_and_python_random_streams(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    trainer = build_trainer(tiny_config(run_dir.parent), resume=str(list_checkpoints(run_dir)[0]))
+    trainer.train_batches.close()
+    saved = load_checkpoint(list_checkpoints(run_dir)[0])["rng"]
+    assert np.random.get_state()[1].tolist() == saved["numpy"]["keys"]
+    assert torch.equal(trainer.noise_generator.get_state(), saved["noise"])
+    assert trainer.state.iteration == 8
+
+
+def test_resume_at_the_end_trains_nothing_and_keeps_the_final_checkpoint(finished_run):
+    run_dir, _ = finished_run
+    before = {p.name: p.read_bytes() for p in list_checkpoints(run_dir)}
+    config = tiny_config(run_dir.parent, training={"skip_validation": True})
+    result = run_training(build_trainer(config, resume="latest"))
+    assert result.state.iteration == 12
+    assert {p.name: p.read_bytes() for p in list_checkpoints(run_dir)} == before

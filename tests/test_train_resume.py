@@ -1,0 +1,77 @@
+"""A run killed with SIGKILL and resumed with `--resume latest` ends bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_fixtures import REPO_ROOT, write_tiny_toml
+
+from diffusionlm.training.checkpoint import list_checkpoints, load_checkpoint
+
+TRAINING = {"max_train_iteration": 60, "ckpting_save_iter": 5, "val_freq_iteration": 20}
+
+
+def _train(config: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cli.train", "--config", str(config), *extra], cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> list[dict]:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _losses(lines: list[dict]) -> dict[int, float]:
+    return {line["step"]: line["metrics.loss"] for line in lines if "metrics.loss" in line}
+
+
+def _val_losses(lines: list[dict]) -> dict[int, float]:
+    return {line["step"]: line["metrics.val_loss"] for line in lines if "metrics.val_loss" in line}
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumed_from_latest_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    straight = write_tiny_toml(tmp_path / "straight.toml", tmp_path / "straight", training=TRAINING)
+    killed = write_tiny_toml(tmp_path / "killed.toml", tmp_path / "killed", training=TRAINING)
+    reference = _train(straight)
+
+    victim = _train(killed)
+    checkpoints = tmp_path / "killed" / "tiny" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(checkpoints.parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.5))  # land on an arbitrary later step
+    assert victim.poll() is None, "the run finished before it could be killed; make it longer"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = load_checkpoint(list_checkpoints(checkpoints.parent)[-1])["step"]
+    assert killed_at < TRAINING["max_train_iteration"]
+
+    resumed_lines = _finish(_train(killed, "--resume", "latest"))
+    reference_lines = _finish(reference)
+
+    final_reference = load_checkpoint(list_checkpoints(tmp_path / "straight" / "tiny")[-1])
+    final_resumed = load_checkpoint(list_checkpoints(checkpoints.parent)[-1])
+    assert final_resumed["step"] == final_reference["step"] == TRAINING["max_train_iteration"]
+    for name, tensor in final_reference["model"].items():
+        assert torch.equal(final_resumed["model"][name], tensor), name
+    reference_state = final_reference["optimizer"][0]["state"]
+    for index, state in final_resumed["optimizer"][0]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], reference_state[index]["exp_avg_sq"])
+
+    resumed_losses, reference_losses = _losses(resumed_lines), _losses(reference_lines)
+    assert resumed_losses and min(resumed_losses) > killed_at
+    assert resumed_losses == {step: reference_losses[step] for step in resumed_losses}
+    resumed_val = _val_losses(resumed_lines)
+    assert resumed_val == {step: _val_losses(reference_lines)[step] for step in resumed_val}

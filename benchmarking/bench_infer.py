@@ -1,0 +1,145 @@
+"""Sampling speed: the baseline LLaDA sampler against Fast-dLLM's prefix/dual KV caches and
+confidence-threshold parallel decoding, on one model, one batch of prompts, one device.
+
+Per variant: median latency of a whole batch generation, generated tokens/s, forward passes
+(NFE), tokens per forward, and two quality signals for the approximations:
+- NLL/token of the generated text under the model (LLaDA's conditional likelihood estimator,
+  the same noise draws for every variant), compared with the baseline's ("within 5%" is the
+  target);
+- token agreement with the baseline's output (greedy decoding makes the baseline unique).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from config.bench_infer import BenchInferConfig
+from config.schemas import InferenceConfig
+from diffusionlm.diffusion.elbo import conditional_log_likelihood
+from diffusionlm.errors import InputError
+from diffusionlm.inference.predictor import Predictor, SampleResult
+from diffusionlm.training.device import autocast_context
+
+VARIANT_SETTINGS = {
+    "baseline": ("none", False), "prefix": ("prefix", False), "dual": ("dual", False),
+    "threshold": ("none", True), "prefix+threshold": ("prefix", True), "dual+threshold": ("dual", True),
+}
+
+
+@dataclass
+class VariantResult:
+    name: str
+    kv_cache: str
+    threshold: float | None
+    latency_s: float
+    tokens_per_s: float
+    nfe: int
+    tokens_per_forward: float
+    nll_per_token: float
+    nll_per_token_se: float
+    agreement: float | None = None
+
+
+def benchmark_prompts(config: BenchInferConfig, predictor: Predictor) -> list[list[int]]:
+    """Token ids of the prompts: starts of validation sequences with `[data]`, else `inference.prompt`."""
+    settings = config.bench_infer
+    if config.data is None or config.data.val_split is None:
+        return predictor.encode_prompts([config.inference.prompt] * settings.num_prompts, config.inference)
+    from diffusionlm.data.streaming import StreamingBatches
+
+    batches = StreamingBatches(config.data, predictor.tokenizer.encode, predictor.config.eot_token_id,
+                               split=config.data.val_split, context_length=max(settings.prompt_tokens, 1),
+                               batch_size=settings.num_prompts, loop=False)
+    try:
+        first = next(iter(batches))
+    except StopIteration:
+        raise InputError(f"data.val_split {config.data.val_split!r} has fewer than {settings.num_prompts} sequences") from None
+    prompts = [row[: settings.prompt_tokens].tolist() for row in first]
+    if len(prompts[0]) >= config.inference.total_length:
+        raise InputError(f"bench_infer.prompt_tokens ({settings.prompt_tokens}) leaves no room to generate within "
+                         f"inference.total_length ({config.inference.total_length})")
+    return prompts
+
+
+def generated_nll(predictor: Predictor, sample: SampleResult, prompts: list[list[int]], mc_num: int,
+                  mc_batch_size: int) -> tuple[float, float]:
+    """Mean NLL/token of each row's generated span given its prompt, with its standard error."""
+    result, device = sample.result, predictor.device
+    nll = variance = 0.0
+    tokens = 0
+    for row, prompt in zip(result.tokens, prompts):
+        answer = row[result.prompt_length:]
+        generator = torch.Generator(device=device).manual_seed(0)
+        with autocast_context(device, "bfloat16"):
+            log_likelihood, standard_error = conditional_log_likelihood(
+                predictor.model, torch.tensor(prompt, dtype=torch.long, device=device), answer,
+                mask_id=predictor.config.mask_token_id, mc_num=mc_num, batch_size=mc_batch_size, generator=generator)
+        nll -= log_likelihood
+        variance += standard_error ** 2
+        tokens += answer.numel()
+    return nll / tokens, variance ** 0.5 / tokens
+
+
+def run_variant(predictor: Predictor, prompts: list[list[int]], inference: InferenceConfig, config: BenchInferConfig,
+                name: str) -> tuple[VariantResult, torch.Tensor]:
+    kv_cache, use_threshold = VARIANT_SETTINGS[name]
+    threshold = config.bench_infer.threshold if use_threshold else None
+    settings = inference.model_copy(update={"kv_cache": kv_cache, "threshold": threshold})
+    for _ in range(config.benchmark.warmup_steps):
+        predictor.sample_ids(prompts, settings)
+    samples = [predictor.sample_ids(prompts, settings) for _ in range(config.benchmark.timed_steps)]
+    latency = statistics.median(sample.latency_s for sample in samples)
+    sample = samples[0]
+    nll, nll_se = generated_nll(predictor, sample, prompts, config.bench_infer.quality_mc_num,
+                                config.bench_infer.quality_mc_batch_size)
+    generated = sample.result.tokens.shape[0] * sample.result.gen_length
+    return VariantResult(name=name, kv_cache=kv_cache, threshold=threshold, latency_s=latency,
+                         tokens_per_s=generated / latency, nfe=sample.result.nfe,
+                         tokens_per_forward=sample.result.tokens_per_forward, nll_per_token=nll,
+                         nll_per_token_se=nll_se), sample.result.tokens
+
+
+def run_benchmark(config: BenchInferConfig) -> tuple[list[VariantResult], dict]:
+    """Time every variant; returns the results and the shared settings (for the table header)."""
+    if config.benchmark.threads is not None:
+        torch.set_num_threads(config.benchmark.threads)
+    predictor = Predictor.load(config.inference.checkpoint, config.inference.device)
+    prompts = benchmark_prompts(config, predictor)
+    inference = config.inference
+    results, baseline_tokens = [], None
+    for name in config.bench_infer.variants:
+        result, tokens = run_variant(predictor, prompts, inference, config, name)
+        if name == "baseline":
+            baseline_tokens = tokens
+        if baseline_tokens is not None:
+            start = result_start = tokens.shape[1] - (inference.total_length - max(map(len, prompts)))
+            result.agreement = float((tokens[:, result_start:] == baseline_tokens[:, start:]).float().mean())
+        results.append(result)
+    width = max(map(len, prompts))
+    shared = {"device": str(predictor.device), "weights": str(predictor.source), "batch": len(prompts),
+              "prompt_tokens": width, "gen_length": inference.total_length - width, "steps": inference.steps,
+              "block_length": inference.block_length, "remasking": inference.remasking,
+              "threads": torch.get_num_threads()}
+    return results, shared
+
+
+def format_table(results: list[VariantResult], shared: dict) -> str:
+    baseline = next((r for r in results if r.name == "baseline"), None)
+    header = ("variant", "kv_cache", "thresh", "NFE", "tok/fwd", "latency ms", "tok/s", "speedup",
+              "NLL/tok", "± se", "dNLL %", "agree")
+    rows = [header]
+    for r in results:
+        speedup = f"{baseline.latency_s / r.latency_s:.2f}x" if baseline else "-"
+        delta = f"{100 * (r.nll_per_token / baseline.nll_per_token - 1):+.1f}" if baseline else "-"
+        rows.append((r.name, r.kv_cache, "-" if r.threshold is None else f"{r.threshold:g}", str(r.nfe),
+                     f"{r.tokens_per_forward:.2f}", f"{1000 * r.latency_s:.0f}", f"{r.tokens_per_s:.1f}", speedup,
+                     f"{r.nll_per_token:.3f}", f"{r.nll_per_token_se:.3f}", delta,
+                     "-" if r.agreement is None else f"{r.agreement:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    settings = ", ".join(f"{k}={v}" for k, v in shared.items())
+    return f"{settings}\n" + "\n".join(lines)

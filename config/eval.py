@@ -1,0 +1,53 @@
+"""`diffusionlm-eval` config: which model, which text, which likelihood estimator.
+
+The text is `[eval].text_file` when given, otherwise the `[data]` source's validation split
+(by default the built-in story corpus), tokenized with the run's tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from config.schemas import DataConfig, Device, Section
+
+
+class EvalSection(Section):
+    """`[eval]`: the model, the sequences scored and the estimator's Monte-Carlo budget."""
+
+    checkpoint: Path = Field(Path("runs/quickstart"),
+                             description="run directory (newest checkpoint), a checkpoint .pt, or an export/ directory")
+    device: Device = "auto"
+    method: Literal["auto", "elbo", "conditional", "exact"] = Field(
+        "auto", description="auto: exact for causal models, elbo otherwise")
+    text_file: Path | None = Field(None, description="UTF-8 text to score; leave out for [data]'s validation split")
+    sequence_length: int = Field(128, gt=1, description="tokens per scored sequence")
+    max_sequences: int = Field(32, gt=0)
+    batch_size: int = Field(8, gt=0, description="sequences per forward batch")
+    num_samples: int = Field(32, gt=0, description="elbo: Monte-Carlo noise draws per sequence")
+    samples_per_forward: int | None = Field(None, gt=0, description="elbo: draws per forward pass (memory knob)")
+    noise_epsilon: float = Field(1e-3, ge=0, lt=1, description="elbo: t is stratified over [eps, 1]")
+    mc_num: int = Field(32, gt=0, description="conditional: Monte-Carlo draws per sequence (LLaDA's mc_num)")
+    mc_batch_size: int = Field(8, gt=0, description="conditional: draws per forward pass; must divide mc_num")
+    prompt_tokens: int = Field(32, ge=0, description="conditional: leading tokens of each sequence used as the prompt")
+    cfg_scale: float = Field(0.0, ge=0, description="conditional: classifier-free guidance weight")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalSection:
+        if self.mc_num % self.mc_batch_size:
+            raise ValueError(f"mc_num ({self.mc_num}) must be a multiple of mc_batch_size ({self.mc_batch_size})")
+        if self.method == "conditional" and self.prompt_tokens >= self.sequence_length:
+            raise ValueError(f"prompt_tokens ({self.prompt_tokens}) must be < sequence_length ({self.sequence_length})")
+        if self.text_file is not None and not self.text_file.is_file():
+            raise ValueError(f"text_file: file not found: {self.text_file}")
+        return self
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    eval: EvalSection = Field(default_factory=EvalSection)
+    data: DataConfig = Field(default_factory=DataConfig)

@@ -1,0 +1,237 @@
+"""Likelihood estimators for masked-diffusion (and causal) language models.
+
+A masked-diffusion model has no exact likelihood, but its ELBO (LLaDA eq. 3, MDLM) bounds it:
+
+    -log p(x0) <= E_{t ~ U(0,1]} E_{x_t ~ q(.|x0, t)} [ sum_{i masked} -log p(x0_i | x_t) / t ]
+
+- `elbo_nll`: that bound per sequence, by Monte Carlo over N noise levels stratified over
+  [eps, 1] (t = (1 - eps) s + eps for s stratified over [0, 1), the training loss's own noise
+  schedule, through `forward_process`), each with an independent masking draw. The mean is the
+  estimate and the spread of the N draws gives its standard error. Leaving out t < eps makes
+  it a bound only up to O(eps) (for eps = 1e-3 a ~0.1% effect); use eps = 0 for the exact one.
+- `conditional_log_likelihood`: LLaDA's estimator of log p(answer | prompt) (`get_log_likelihood`):
+  the number of masked answer tokens l is drawn uniformly from {1..L}, stratified within each
+  batch, exactly l positions are masked and each masked token's loss is weighted by L / l.
+  It has lower variance than the t-form for short answers; optional classifier-free guidance.
+- `causal_nll`: the exact negative log-likelihood of a causal model (sum of next-token losses).
+
+`LikelihoodTally` sums per-sequence estimates over a dataset into a perplexity (a "<= PPL"
+upper bound for the diffusion estimators) and bits per byte of the original text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusionlm.diffusion.forward_process import apply_mask, mask_probability, sample_times
+
+
+@dataclass
+class SequenceEstimate:
+    """Per-sequence negative log-likelihood (nats) and the standard error of its estimate."""
+
+    nll: torch.Tensor
+    standard_error: torch.Tensor
+    num_samples: int
+
+
+def _masked_token_nll(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor) -> torch.Tensor:
+    """float64 (B,): each row's summed -log p(x0_i | noisy) over its masked positions.
+
+    Only masked positions go through the LM head, as in the training loss."""
+    masked = is_masked.nonzero(as_tuple=True)
+    hidden = model.forward_hidden(noisy)
+    token_nll = F.cross_entropy(model.lm_head(hidden[masked]).float(), x0[masked], reduction="none")
+    return torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device).index_add_(0, masked[0], token_nll.double())
+
+
+def _summarize(samples: torch.Tensor) -> SequenceEstimate:
+    """(B, N) per-draw estimates -> mean and standard error (sample std / sqrt(N))."""
+    n = samples.shape[1]
+    spread = samples.std(dim=1) if n > 1 else torch.zeros_like(samples[:, 0])
+    return SequenceEstimate(nll=samples.mean(dim=1), standard_error=spread / math.sqrt(n), num_samples=n)
+
+
+@torch.no_grad()
+def elbo_nll(model: nn.Module, x0: torch.Tensor, *, mask_id: int, num_samples: int, noise_epsilon: float = 1e-3,
+             samples_per_forward: int | None = None, generator: torch.Generator | None = None) -> SequenceEstimate:
+    """ELBO bound on -log p(x0) for each row of x0 (B, L), from `num_samples` noise draws.
+
+    samples_per_forward: how many draws of one sequence share a forward pass (memory knob;
+    default all of them).
+    """
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    batch, length = x0.shape
+    chunk = samples_per_forward or num_samples
+    times = torch.stack([sample_times(num_samples, antithetic=True, generator=generator, device=x0.device)
+                         for _ in range(batch)])
+    p_mask = mask_probability(times, noise_epsilon)  # (B, N), stratified over [eps, 1]
+    samples = torch.empty(batch, num_samples, dtype=torch.float64, device=x0.device)
+    for lo in range(0, num_samples, chunk):
+        hi = min(lo + chunk, num_samples)
+        clean = x0[:, None].expand(batch, hi - lo, length).reshape(-1, length)
+        p = p_mask[:, lo:hi].reshape(-1)
+        noisy, is_masked = apply_mask(clean, p, mask_id, generator=generator)
+        samples[:, lo:hi] = (_masked_token_nll(model, clean, noisy, is_masked) / p.double()).view(batch, hi - lo)
+    return _summarize(samples)
+
+
+def _mask_exact_count(shape: tuple[int, int], counts: torch.Tensor, generator: torch.Generator | None,
+                      device: torch.device) -> torch.Tensor:
+    """(b, L) bool with exactly counts[j] True entries in row j, at uniformly random positions."""
+    draw_device = generator.device if generator is not None else device
+    keys = torch.rand(shape, generator=generator, device=draw_device).to(device)
+    ranks = keys.argsort(dim=1).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+@torch.no_grad()
+def conditional_log_likelihood(model: nn.Module, prompt: torch.Tensor, answer: torch.Tensor, *, mask_id: int,
+                               mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
+                               generator: torch.Generator | None = None) -> tuple[float, float]:
+    """LLaDA's Monte-Carlo estimate of log p(answer | prompt) and its standard error.
+
+    prompt (Lp,), answer (La,) 1-D id tensors. Each batch of `batch_size` draws takes one
+    k ~ U{1..La} and masks counts round(linspace(k, k + (b-1) La / b)) wrapped into 1..La, so
+    the batch covers the masking levels evenly. With cfg_scale w > 0 the logits are
+    un + (w + 1)(cond - un), the unconditional pass seeing the prompt masked.
+    """
+    if mc_num <= 0 or batch_size <= 0 or mc_num % batch_size:
+        raise ValueError(f"mc_num ({mc_num}) must be a positive multiple of batch_size ({batch_size})")
+    device = answer.device
+    prompt_length, answer_length = prompt.numel(), answer.numel()
+    sequence = torch.cat([prompt, answer])[None].expand(batch_size, -1)
+    draw_device = generator.device if generator is not None else device
+    losses = []
+    for _ in range(mc_num // batch_size):
+        k = int(torch.randint(1, answer_length + 1, (), generator=generator, device=draw_device))
+        counts = torch.linspace(k, k + (batch_size - 1) * answer_length / batch_size, batch_size,
+                                device=device).round().long()
+        counts = (counts - 1) % answer_length + 1
+        is_masked = torch.zeros_like(sequence, dtype=torch.bool)
+        is_masked[:, prompt_length:] = _mask_exact_count((batch_size, answer_length), counts, generator, device)
+        noisy = sequence.masked_fill(is_masked, mask_id)
+        logits = _guided_logits(model, noisy, prompt_length, cfg_scale, mask_id)
+        masked = is_masked.nonzero(as_tuple=True)
+        token_nll = F.cross_entropy(logits[masked], sequence[masked], reduction="none").double()
+        row_nll = torch.zeros(batch_size, dtype=torch.float64, device=device).index_add_(0, masked[0], token_nll)
+        losses.append(row_nll * answer_length / counts.double())
+    estimate = _summarize(torch.cat(losses)[None])
+    return -float(estimate.nll[0]), float(estimate.standard_error[0])
+
+
+def _guided_logits(model: nn.Module, noisy: torch.Tensor, prompt_length: int, cfg_scale: float,
+                   mask_id: int) -> torch.Tensor:
+    if cfg_scale <= 0:
+        return model(noisy).float()
+    unconditional = noisy.clone()
+    unconditional[:, :prompt_length] = mask_id
+    cond, uncond = model(torch.cat([noisy, unconditional])).float().chunk(2)
+    return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+@torch.no_grad()
+def causal_nll(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """float64 (B,): exact -sum_i log p(x_i | x_<i) for i >= 1 (the first token has no context)."""
+    logits = model(x[:, :-1]).float()
+    token_nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+    return token_nll.view(x.shape[0], -1).double().sum(dim=1)
+
+
+@dataclass
+class PerplexityReport:
+    """Dataset totals. For diffusion estimators `is_bound` is True: the perplexity is an upper
+    bound ("<= PPL"). Standard errors come from the Monte-Carlo spread (0 for exact)."""
+
+    nll_per_token: float
+    nll_per_token_se: float
+    perplexity: float
+    perplexity_se: float
+    bits_per_byte: float
+    bits_per_byte_se: float
+    num_sequences: int
+    num_tokens: int
+    num_bytes: int
+    is_bound: bool
+
+    @property
+    def label(self) -> str:
+        return "<= PPL" if self.is_bound else "PPL"
+
+
+class LikelihoodTally:
+    """Accumulates per-sequence NLL estimates (nats) with their variances, token and byte counts."""
+
+    def __init__(self, is_bound: bool) -> None:
+        self.is_bound = is_bound
+        self.nll = self.variance = 0.0
+        self.num_sequences = self.num_tokens = self.num_bytes = 0
+
+    def add(self, nll: torch.Tensor, standard_error: torch.Tensor | None, num_tokens: int, num_bytes: int) -> None:
+        self.nll += float(nll.sum())
+        if standard_error is not None:
+            self.variance += float((standard_error.double() ** 2).sum())
+        self.num_sequences += nll.numel()
+        self.num_tokens += num_tokens
+        self.num_bytes += num_bytes
+
+    def report(self) -> PerplexityReport:
+        if self.num_tokens == 0:
+            raise ValueError("no tokens were scored")
+        per_token = self.nll / self.num_tokens
+        per_token_se = math.sqrt(self.variance) / self.num_tokens
+        perplexity = math.exp(per_token)
+        bits = self.nll / math.log(2)
+        bits_se = math.sqrt(self.variance) / math.log(2)
+        return PerplexityReport(
+            nll_per_token=per_token, nll_per_token_se=per_token_se,
+            perplexity=perplexity, perplexity_se=perplexity * per_token_se,  # delta method
+            bits_per_byte=bits / max(self.num_bytes, 1), bits_per_byte_se=bits_se / max(self.num_bytes, 1),
+            num_sequences=self.num_sequences, num_tokens=self.num_tokens, num_bytes=self.num_bytes,
+            is_bound=self.is_bound,
+        )
+
+
+ESTIMATORS = ("elbo", "conditional", "exact")
+
+
+@torch.no_grad()
+def evaluate_perplexity(model: nn.Module, batches, *, method: str, mask_id: int, count_bytes, max_sequences: int,
+                        num_samples: int = 32, noise_epsilon: float = 1e-3, samples_per_forward: int | None = None,
+                        mc_num: int = 32, mc_batch_size: int = 8, prompt_tokens: int = 0, cfg_scale: float = 0.0,
+                        generator: torch.Generator | None = None) -> PerplexityReport:
+    """Score up to `max_sequences` rows from `batches` (an iterable of (B, L) id tensors).
+
+    method: "elbo" (the t-form bound over whole sequences), "conditional" (LLaDA's estimator of
+    each sequence's continuation after its first `prompt_tokens` tokens) or "exact" (causal
+    models: next-token likelihood; the first token of each sequence has no context and is not
+    scored). count_bytes(ids) gives the UTF-8 bytes of the text the scored ids stand for.
+    """
+    if method not in ESTIMATORS:
+        raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
+    tally = LikelihoodTally(is_bound=method != "exact")
+    for batch in batches:
+        batch = batch[: max_sequences - tally.num_sequences]
+        if method == "elbo":
+            estimate = elbo_nll(model, batch, mask_id=mask_id, num_samples=num_samples, noise_epsilon=noise_epsilon,
+                                samples_per_forward=samples_per_forward, generator=generator)
+            tally.add(estimate.nll, estimate.standard_error, batch.numel(), sum(count_bytes(row) for row in batch))
+        elif method == "exact":
+            tally.add(causal_nll(model, batch), None, batch[:, 1:].numel(), sum(count_bytes(row[1:]) for row in batch))
+        else:
+            for row in batch:
+                prompt, answer = row[:prompt_tokens], row[prompt_tokens:]
+                log_likelihood, standard_error = conditional_log_likelihood(
+                    model, prompt, answer, mask_id=mask_id, mc_num=mc_num, batch_size=mc_batch_size,
+                    cfg_scale=cfg_scale, generator=generator)
+                tally.add(torch.tensor([-log_likelihood]), torch.tensor([standard_error]), answer.numel(),
+                          count_bytes(answer))
+        if tally.num_sequences >= max_sequences:
+            break
+    return tally.report()

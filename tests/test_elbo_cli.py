@@ -1,0 +1,59 @@
+"""`diffusionlm-eval` end to end on a run directory written in the trainer's format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_infer_cli import write_run
+
+from cli.eval import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("run")
+    write_run(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "story.txt"
+    path.write_text("Once upon a time a small dog found a red ball in the park. " * 20, encoding="utf-8")
+    return path
+
+
+def evaluate(run_dir, text_file, *args: str) -> list[str]:
+    return ["--set", f"eval.checkpoint={json.dumps(str(run_dir))}", "--set", f"eval.text_file={json.dumps(str(text_file))}",
+            "--set", "eval.sequence_length=16", "--set", "eval.max_sequences=3", "--set", "eval.device=cpu", *args]
+
+
+@pytest.mark.parametrize("method", ["elbo", "conditional"])
+def test_reports_a_perplexity_bound_and_bits_per_byte(run_dir, text_file, capsys, method):
+    assert main(evaluate(run_dir, text_file, "--set", f"eval.method={method}", "--set", "eval.prompt_tokens=4")) == 0
+    human, line = capsys.readouterr().out.strip().splitlines()
+    record = json.loads(line)
+    assert "<= PPL" in human and record["metrics.label"] == "<= PPL"
+    assert record["metrics.num_sequences"] == 3
+    assert record["metrics.num_tokens"] == 3 * (16 if method == "elbo" else 12)
+    assert record["metrics.perplexity_se"] > 0 and record["metrics.bits_per_byte"] > 0
+
+
+def test_exact_method_needs_a_causal_model(run_dir, text_file, capsys):
+    assert main(evaluate(run_dir, text_file, "--set", "eval.method=exact")) == 2
+    assert "does not apply to this masked-diffusion model" in capsys.readouterr().err
+
+
+def test_sequence_longer_than_context_is_rejected(run_dir, text_file, capsys):
+    assert main(evaluate(run_dir, text_file, "--set", "eval.sequence_length=65")) == 2
+    assert "exceeds the model's context_length (64)" in capsys.readouterr().err
+
+
+def test_text_shorter_than_one_sequence_is_rejected(run_dir, tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("Hi.", encoding="utf-8")
+    assert main(evaluate(run_dir, short)) == 2
+    assert "fewer than one sequence" in capsys.readouterr().err

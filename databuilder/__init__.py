@@ -1,1 +1,1 @@
-"""databuilder."""
+"""Offline dataset writers (legacy memmap and parquet/JSONL; SPEC §1)."""

@@ -1,1 +1,1 @@
-"""profiling."""
+"""Profiling helpers (NVTX ranges, memory snapshots; SPEC §1)."""

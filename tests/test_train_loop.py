@@ -10,6 +10,7 @@ import torch
 from test_train_fixtures import tiny_config
 
 from config.schemas import ModelConfig, OptimizerConfig
+from diffusionlm.diffusion.elbo import evaluate_perplexity
 from diffusionlm.diffusion.forward_process import apply_mask
 from diffusionlm.diffusion.loss import masked_token_loss
 from diffusionlm.models.transformer import TransformerLM
@@ -92,6 +93,20 @@ def test_validation_is_identical_for_the_same_model(tmp_path):
     first = trainer.validator.evaluate(trainer.model)
     second = trainer.validator.evaluate(trainer.model)
     assert first == second
+    trainer.train_batches.close()
+
+
+def test_validation_metrics_come_from_the_eval_estimator(tmp_path):
+    trainer = build_trainer(tiny_config(tmp_path))
+    validator = trainer.validator
+    metrics = validator.evaluate(trainer.model)
+    report = evaluate_perplexity(
+        trainer.model.eval(), validator.batches, method="elbo", mask_id=trainer.config.model.mask_token_id,
+        count_bytes=lambda ids: trainer.tokenizer.count_text_bytes(ids.tolist()),
+        max_sequences=validator.num_sequences, num_samples=1, noise_epsilon=trainer.config.training.noise_epsilon,
+        generator=torch.Generator().manual_seed(validator.seed))
+    assert metrics == {"metrics.val_loss": report.nll_per_token, "metrics.val_elbo_ppl": report.perplexity,
+                       "metrics.val_bpb": report.bits_per_byte}
     trainer.train_batches.close()
 
 

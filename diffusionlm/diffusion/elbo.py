@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusionlm.diffusion.forward_process import apply_mask, mask_probability, sample_times
+from diffusionlm.diffusion.loss import masked_token_cross_entropy, next_token_cross_entropy
 
 
 @dataclass
@@ -41,12 +42,8 @@ class SequenceEstimate:
 
 
 def _masked_token_nll(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor) -> torch.Tensor:
-    """float64 (B,): each row's summed -log p(x0_i | noisy) over its masked positions.
-
-    Only masked positions go through the LM head, as in the training loss."""
-    masked = is_masked.nonzero(as_tuple=True)
-    hidden = model.forward_hidden(noisy)
-    token_nll = F.cross_entropy(model.lm_head(hidden[masked]).float(), x0[masked], reduction="none")
+    """float64 (B,): each row's summed -log p(x0_i | noisy) over its masked positions."""
+    token_nll, masked = masked_token_cross_entropy(model, x0, noisy, is_masked)
     return torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device).index_add_(0, masked[0], token_nll.double())
 
 
@@ -139,9 +136,7 @@ def _guided_logits(model: nn.Module, noisy: torch.Tensor, prompt_length: int, cf
 @torch.no_grad()
 def causal_nll(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """float64 (B,): exact -sum_i log p(x_i | x_<i) for i >= 1 (the first token has no context)."""
-    logits = model(x[:, :-1]).float()
-    token_nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
-    return token_nll.view(x.shape[0], -1).double().sum(dim=1)
+    return next_token_cross_entropy(model, x).double().sum(dim=1)
 
 
 @dataclass

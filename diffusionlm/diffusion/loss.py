@@ -38,6 +38,20 @@ class DiffusionLoss:
     num_tokens: int
 
 
+def masked_token_cross_entropy(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor
+                               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """float32 cross-entropy of each masked token of x0 given the noisy canvas, and the
+    (row, column) indices of those tokens.
+
+    The one place the denoiser is scored: the training loss, validation and the ELBO
+    estimators all go through it. Only masked positions reach the LM head.
+    """
+    masked = is_masked.nonzero(as_tuple=True)  # one host sync, shared by the gathers below
+    hidden = model.forward_hidden(noisy)
+    token_ce = F.cross_entropy(model.lm_head(hidden[masked]).float(), x0[masked], reduction="none")
+    return token_ce, masked
+
+
 def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor,
                       p_mask: torch.Tensor, *, answer_lengths: torch.Tensor | None = None) -> torch.Tensor:
     """The estimator for one fixed noise draw (deterministic given its inputs).
@@ -59,10 +73,7 @@ def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, i
         per_sequence_norm = answer_lengths.to(device=x0.device, dtype=torch.float32).clamp(min=1)[:, None]
     token_weight = 1.0 / (p_mask * per_sequence_norm).expand(batch_size, length)
 
-    masked = is_masked.nonzero(as_tuple=True)  # one host sync, shared by the three gathers below
-    hidden = model.forward_hidden(noisy)
-    logits = model.lm_head(hidden[masked])
-    token_ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
+    token_ce, masked = masked_token_cross_entropy(model, x0, noisy, is_masked)
     return (token_ce * token_weight[masked]).sum() / batch_size
 
 
@@ -98,10 +109,15 @@ def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, no
                          num_masked=num_masked, num_tokens=num_tokens)
 
 
+def next_token_cross_entropy(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """float32 (B, L-1): -log p(x_i | x_<i) for every token after the first, from a causal model."""
+    logits = model(x[:, :-1])
+    return F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(x.shape[0], -1)
+
+
 def autoregressive_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of a causal model on x (B, L): predict x[:, 1:] from x[:, :-1].
 
     The baseline for `[model].causal = true`, trained by the same stack for honest comparisons.
     """
-    logits = model(x[:, :-1])
-    return F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+    return next_token_cross_entropy(model, x).mean()

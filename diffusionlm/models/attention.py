@@ -44,11 +44,11 @@ def build_attend_mask(attention_mask: torch.Tensor | None, query_len: int, key_l
 class SelfAttention(nn.Module):
     """Fused QKV projection, RoPE on queries and keys, SDPA, output projection."""
 
-    def __init__(self, d_model: int, num_heads: int, out_init_std: float = 0.02) -> None:
+    def __init__(self, d_model: int, num_heads: int, out_init_scale: float = 1.0) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, d_model // num_heads
         self.qkv = Linear(d_model, 3 * d_model)
-        self.out = Linear(d_model, d_model, init_std=out_init_std)
+        self.out = Linear(d_model, d_model, init_scale=out_init_scale)
 
     def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -6,6 +6,8 @@ same primitive kernels `torch.nn` uses, so writing them ourselves costs no speed
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,15 +16,16 @@ from torch import nn
 class Linear(nn.Module):
     """y = x W^T with W of shape (d_out, d_in) and no bias (modern LMs drop biases).
 
-    Initialised from a normal with std `init_std` (GPT-2's 0.02 by default) truncated at
-    3 std, so no weight starts as an outlier.
+    Initialised from a normal with std `init_scale / sqrt(d_in)` truncated at 3 std: fan-in
+    scaling keeps each output's variance equal to the input's whatever the width (a fixed
+    std such as GPT-2's 0.02 starves small models: they learn markedly slower).
     """
 
-    def __init__(self, d_in: int, d_out: int, init_std: float = 0.02) -> None:
+    def __init__(self, d_in: int, d_out: int, init_scale: float = 1.0) -> None:
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
         self.weight = nn.Parameter(torch.empty(d_out, d_in, dtype=torch.float32))
-        self.init_std = init_std
+        self.init_std = init_scale / math.sqrt(d_in)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -36,9 +39,10 @@ class Linear(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Token id -> vector lookup; weight (num_embeddings, d_model), truncated-normal init."""
+    """Token id -> vector lookup; weight (num_embeddings, d_model), unit-variance truncated-normal
+    init (each vector has RMS ~1, the scale the first RMSNorm produces anyway)."""
 
-    def __init__(self, num_embeddings: int, d_model: int, init_std: float = 0.02) -> None:
+    def __init__(self, num_embeddings: int, d_model: int, init_std: float = 1.0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, d_model, dtype=torch.float32))
         self.init_std = init_std
@@ -76,10 +80,10 @@ class SwiGLU(nn.Module):
     """FFN(x) = W2 (silu(W1 x) * W3 x) (Shazeer 2020). W1 and W3 are stored as one fused
     (2*d_ff, d_model) matrix so the input is read once."""
 
-    def __init__(self, d_model: int, d_ff: int, out_init_std: float = 0.02) -> None:
+    def __init__(self, d_model: int, d_ff: int, out_init_scale: float = 1.0) -> None:
         super().__init__()
         self.w13 = Linear(d_model, 2 * d_ff)
-        self.w2 = Linear(d_ff, d_model, init_std=out_init_std)
+        self.w2 = Linear(d_ff, d_model, init_scale=out_init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
@@ -92,7 +96,7 @@ class RotaryEmbedding(nn.Module):
     Dimension i of the first half and dimension i of the second half form one rotated pair
     with frequency theta^(-2i/d). This is the interleaved-pair RoPE of the paper up to a fixed
     permutation of head dimensions (which the learned Q/K projections absorb) and avoids the
-    strided gathers of the interleaved form. cos/sin tables are float32 and grow on demand.
+    strided gathers of the interleaved form. cos/sin tables are float32.
     """
 
     def __init__(self, head_dim: int, theta: float = 10000.0, max_positions: int = 2048) -> None:
@@ -101,20 +105,22 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
         self.head_dim, self.theta = head_dim, theta
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
-        self._build(max_positions)
-
-    def _build(self, num_positions: int) -> None:
-        device = self.inv_freq.device
-        angles = torch.outer(torch.arange(num_positions, dtype=torch.float64, device=device), self.inv_freq.double())
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
         self.register_buffer("cos_table", angles.cos().float(), persistent=False)
         self.register_buffer("sin_table", angles.sin().float(), persistent=False)
 
-    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 cos/sin for `positions` ((L,) or (B, L)), broadcastable over (B, H, L, head_dim/2)."""
-        needed = int(positions.max()) + 1 if positions.numel() else 0
-        if needed > self.cos_table.shape[0]:
-            self._build(max(needed, 2 * self.cos_table.shape[0]))
+    def tables(self, positions: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin broadcastable over (B, H, L, head_dim/2).
+
+        `positions` is a length L (positions 0..L-1, a slice of the tables) or an (L,) / (B, L)
+        tensor of positions. The tables cover `max_positions` (the model's context length) and
+        are never grown: checking a position tensor's maximum would cost a device sync on every
+        forward, so callers keep positions inside the context (the configs validate it).
+        """
+        if isinstance(positions, int):
+            if positions > self.cos_table.shape[0]:
+                raise ValueError(f"sequence length {positions} exceeds RoPE's {self.cos_table.shape[0]} positions")
+            return self.cos_table[:positions], self.sin_table[:positions]
         cos, sin = self.cos_table[positions], self.sin_table[positions]
         if positions.dim() == 2:  # (B, L, d/2) -> (B, 1, L, d/2)
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)

@@ -15,9 +15,6 @@ from config.schemas import ModelConfig
 from diffusionlm.models.attention import SelfAttention, build_attend_mask
 from diffusionlm.models.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU
 
-INIT_STD = 0.02
-
-
 class Block(nn.Module):
     """x + Attn(Norm(x)), then x + FFN(Norm(x))."""
 
@@ -25,11 +22,11 @@ class Block(nn.Module):
         super().__init__()
         # Residual-branch outputs are scaled down with depth (GPT-2 / Megatron) so the
         # residual stream's variance does not grow with the number of layers.
-        out_std = INIT_STD / math.sqrt(2 * config.num_layers)
+        out_scale = 1.0 / math.sqrt(2 * config.num_layers)
         self.attn_norm = RMSNorm(config.d_model)
-        self.attn = SelfAttention(config.d_model, config.num_heads, out_init_std=out_std)
+        self.attn = SelfAttention(config.d_model, config.num_heads, out_init_scale=out_scale)
         self.ffn_norm = RMSNorm(config.d_model)
-        self.ffn = SwiGLU(config.d_model, config.d_ff, out_init_std=out_std)
+        self.ffn = SwiGLU(config.d_model, config.d_ff, out_init_scale=out_scale)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attend_mask: torch.Tensor | None, is_causal: bool, kv_cache=None) -> torch.Tensor:
@@ -51,7 +48,7 @@ class TransformerLM(nn.Module):
         self.rope = RotaryEmbedding(config.d_model // config.num_heads, config.rope_theta, config.context_length)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.d_model)
-        self.lm_head = Linear(config.d_model, config.vocab_size, init_std=INIT_STD)
+        self.lm_head = Linear(config.d_model, config.vocab_size)
 
     def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        positions: torch.Tensor | None = None, *, kv_cache=None) -> torch.Tensor:
@@ -67,10 +64,8 @@ class TransformerLM(nn.Module):
         L = input_ids.shape[1]
         if kv_cache is not None and self.config.causal:
             raise ValueError("kv_cache is for bidirectional (diffusion) models; this model is causal")
-        if positions is None:
-            positions = torch.arange(L, device=input_ids.device)
         x = self.embedding(input_ids)
-        cos, sin = self.rope.tables(positions)
+        cos, sin = self.rope.tables(L if positions is None else positions)
         key_len = L if attention_mask is None else attention_mask.shape[1]
         attend_mask = None if attention_mask is None else build_attend_mask(attention_mask, L, key_len,
                                                                             self.config.causal)

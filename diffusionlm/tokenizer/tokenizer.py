@@ -212,6 +212,14 @@ class Tokenizer:
         if buffer:
             yield from self.encode(buffer)
 
+    def count_text_bytes(self, ids: Iterable[int]) -> int:
+        """UTF-8 bytes of the original text that `ids` stand for; special tokens count none.
+
+        The denominator of bits per byte, the loss unit that compares across tokenizers.
+        """
+        vocab, specials = self.vocab, set(self._special_ids.values())
+        return sum(len(vocab[i]) for i in ids if i not in specials)
+
     def decode(self, ids: Iterable[int], skip_unknown: bool = False) -> str:
         """Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD.
 

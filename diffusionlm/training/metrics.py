@@ -1,12 +1,10 @@
-"""Optional diagnostics (activation and weight norms) and unit conversions for logged metrics.
+"""Optional diagnostics for logged metrics: activation and weight norms.
 
 The norm diagnostics cost a device sync each time they are read, so they exist only when
 their config switch is on: with `log_activation_norms = false` no hook is ever registered.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -46,12 +44,3 @@ def weight_norms(model: nn.Module) -> dict[str, float]:
     names, params = zip(*model.named_parameters())
     norms = torch.stack([p.detach().float().norm() for p in params]).tolist()
     return {f"weight_norm/{name}": value for name, value in zip(names, norms)}
-
-
-def bits_per_byte(mean_loss_nats: float, num_tokens: int, num_bytes: int) -> float:
-    """Convert a per-token loss in nats to bits per UTF-8 byte of the text those tokens decode to.
-
-    Tokenizers differ in how many bytes a token covers, so per-token losses of runs with
-    different tokenizers are not comparable; bits per byte are.
-    """
-    return mean_loss_nats * num_tokens / (math.log(2) * num_bytes)

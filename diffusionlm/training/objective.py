@@ -38,11 +38,6 @@ class DiffusionObjective:
                              generator=generator)
         return ObjectiveOutput(out.loss, out.mask_ratio)
 
-    @staticmethod
-    def scored_tokens(x0: torch.Tensor) -> torch.Tensor:
-        """The tokens the loss is an estimate over (all of them: the loss is divided by B*L)."""
-        return x0
-
 
 class AutoregressiveObjective:
     """Next-token cross-entropy for `[model].causal = true` (draws no noise)."""
@@ -50,19 +45,14 @@ class AutoregressiveObjective:
     def __call__(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None) -> ObjectiveOutput:
         return ObjectiveOutput(autoregressive_loss(model, x0), None)
 
-    @staticmethod
-    def scored_tokens(x0: torch.Tensor) -> torch.Tensor:
-        """Every token but the first of each row is predicted."""
-        return x0[:, 1:]
-
 
 Objective = DiffusionObjective | AutoregressiveObjective
 
 
-def build_objective(model_cfg: ModelConfig, training_cfg: TrainingConfig, *, validation: bool = False) -> Objective:
-    """The run's objective. Validation never truncates, so every evaluation scores the same tokens."""
+def build_objective(model_cfg: ModelConfig, training_cfg: TrainingConfig) -> Objective:
+    """The run's training objective."""
     if model_cfg.causal:
         return AutoregressiveObjective()
     return DiffusionObjective(mask_token_id=model_cfg.mask_token_id, noise_epsilon=training_cfg.noise_epsilon,
-                              random_trunc_prob=0.0 if validation else training_cfg.random_trunc_prob,
+                              random_trunc_prob=training_cfg.random_trunc_prob,
                               antithetic=training_cfg.antithetic_time)

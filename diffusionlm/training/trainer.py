@@ -122,12 +122,6 @@ def _write_run_files(config: TrainConfig, run_dir: Path, tokenizer: Tokenizer) -
     save_tokenizer(run_dir / TOKENIZER_DIRNAME, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
 
 
-def _decode_text(tokenizer: Tokenizer):
-    """Decode ids to text without special tokens: they carry no bytes of the original text."""
-    special_ids = set(tokenizer.special_tokens.values())
-    return lambda ids: tokenizer.decode([i for i in ids if i not in special_ids])
-
-
 def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int = 0, world_size: int = 1,
                   grad_sync: GradSync | None = None) -> Trainer:
     """Build (and on `resume`, restore) a run. Every user-fixable problem is an InputError
@@ -162,9 +156,9 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
                                        split=config.data.val_split, context_length=config.model.context_length,
                                        batch_size=training.batch_size, rank=rank, world_size=world_size,
                                        seed=training.seed, loop=False)
-        validator = Validator(val_batches, training.max_val_iteration,
-                              build_objective(config.model, training, validation=True), _decode_text(tokenizer),
-                              seed=training.seed, device=device,
+        validator = Validator(val_batches, training.max_val_iteration, causal=config.model.causal,
+                              mask_id=config.model.mask_token_id, noise_epsilon=training.noise_epsilon,
+                              count_text_bytes=tokenizer.count_text_bytes, seed=training.seed, device=device,
                               autocast=lambda: autocast_context(device, training.dtype),
                               source=f"data.val_split {config.data.val_split!r}")
         val_batches.close()

@@ -4,19 +4,22 @@ The diffusion loss is a Monte-Carlo estimate: with fresh noise each time, two ev
 the same model would differ. Here the batches are read once and kept, and the noise
 generator is re-created from the same seed for every evaluation, so the only thing that
 changes between evaluations is the model.
+
+The numbers come from the same estimator as `diffusionlm-eval` (`evaluate_perplexity`): the
+ELBO bound for diffusion models, one noise level per sequence, and the exact next-token
+likelihood for causal ones. `val_loss` is the per-token negative log-likelihood (bound),
+`val_elbo_ppl` its exponential and `val_bpb` the same in bits per byte of the original text.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from diffusionlm.diffusion.elbo import evaluate_perplexity
 from diffusionlm.errors import InputError
-from diffusionlm.training.metrics import bits_per_byte
-from diffusionlm.training.objective import Objective
 
 VALIDATION_NOISE_SEED_OFFSET = 1_000_003
 
@@ -24,33 +27,31 @@ VALIDATION_NOISE_SEED_OFFSET = 1_000_003
 class Validator:
     """Holds the validation batches and computes val_loss, val_elbo_ppl and val_bpb."""
 
-    def __init__(self, batches: Iterable[torch.Tensor], num_batches: int, objective: Objective,
-                 decode: Callable[[list[int]], str], *, seed: int, device: torch.device,
-                 autocast: Callable[[], object], source: str) -> None:
+    def __init__(self, batches: Iterable[torch.Tensor], num_batches: int, *, causal: bool, mask_id: int,
+                 noise_epsilon: float, count_text_bytes: Callable[[list[int]], int], seed: int,
+                 device: torch.device, autocast: Callable[[], object], source: str) -> None:
         self.batches = [batch for batch, _ in zip(batches, range(num_batches))]
         if not self.batches:
             raise InputError(f"{source}: the validation split yielded no batch (is it empty or shorter than "
                              f"one batch?); set training.skip_validation = true to train without it")
-        self.objective, self.seed, self.device, self.autocast = objective, seed + VALIDATION_NOISE_SEED_OFFSET, device, autocast
-        scored = [objective.scored_tokens(batch) for batch in self.batches]
-        self.num_tokens = sum(s.numel() for s in scored)
-        self.num_bytes = sum(len(decode(row).encode("utf-8")) for s in scored for row in s.tolist())
+        self.method = "exact" if causal else "elbo"
+        self.mask_id, self.noise_epsilon = mask_id, noise_epsilon
+        self.count_text_bytes = count_text_bytes
+        self.seed, self.device, self.autocast = seed + VALIDATION_NOISE_SEED_OFFSET, device, autocast
+        self.num_sequences = sum(batch.shape[0] for batch in self.batches)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Token-weighted mean loss over the fixed batches, its exp, and bits per byte."""
         was_training = model.training
         model.eval()
-        generator = torch.Generator().manual_seed(self.seed)
-        total = torch.zeros((), device=self.device)
-        for batch in self.batches:
-            with self.autocast():
-                out = self.objective(model, batch.to(self.device), generator)
-            total += out.loss.float() * self.objective.scored_tokens(batch).numel()
+        with self.autocast():
+            report = evaluate_perplexity(
+                model, (batch.to(self.device) for batch in self.batches), method=self.method, mask_id=self.mask_id,
+                count_bytes=lambda ids: self.count_text_bytes(ids.tolist()), max_sequences=self.num_sequences,
+                num_samples=1, noise_epsilon=self.noise_epsilon, generator=torch.Generator().manual_seed(self.seed))
         model.train(was_training)
-        val_loss = total.item() / self.num_tokens
         return {
-            "metrics.val_loss": val_loss,
-            "metrics.val_elbo_ppl": math.exp(min(val_loss, 700.0)),
-            "metrics.val_bpb": bits_per_byte(val_loss, self.num_tokens, max(self.num_bytes, 1)),
+            "metrics.val_loss": report.nll_per_token,
+            "metrics.val_elbo_ppl": report.perplexity,
+            "metrics.val_bpb": report.bits_per_byte,
         }

@@ -83,3 +83,21 @@ def test_bench_with_missing_reference_exits_2_naming_it(tmp_path, capsys):
     missing = tmp_path / "ref_bench.py"
     assert bench_main(["--set", f"reference_path=\"{missing}\""]) == 2
     assert str(missing) in _one_line_error(capsys)
+
+
+def test_hub_recipe_without_network_exits_2_with_one_line_before_building_the_model(tmp_path, monkeypatch, capsys):
+    if not (SHARED_DATA / "gpt2_vocab.json").is_file():
+        pytest.skip("../shared/data is not present beside the checkout")
+    # An endpoint on a closed local port stands in for "no network", whatever this machine has.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    code = train_main(["--config", str(resource_path("train_tinystories.toml")),
+                       "--set", f"data.tokenizer.vocab_path=\"{SHARED_DATA / 'gpt2_vocab.json'}\"",
+                       "--set", f"data.tokenizer.merges_path=\"{SHARED_DATA / 'gpt2_merges.txt'}\"",
+                       "--set", "training.device=\"cpu\"", "--set", "data.hub_timeout_s=2",
+                       "--set", f"checkpoint.runs_path=\"{tmp_path / 'runs'}\""])
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert "cannot reach the Hugging Face Hub" in err and "HF_DATASETS_OFFLINE=1" in err
+    assert not (tmp_path / "runs").exists()

@@ -32,6 +32,11 @@ BUILTIN = "builtin"
 PACKAGED_LOADERS = ("json", "text", "parquet", "csv", "arrow")
 
 
+# Bound once at import: a stream left suspended is finalised at interpreter exit, when the
+# `datasets` module's attributes may already be torn down.
+_ROW_READ_ERRORS = (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError)
+
+
 @dataclass(frozen=True)
 class BuiltinSplit:
     """One split of the built-in corpus: shard i holds `stories_per_shard` stories from seed
@@ -88,7 +93,7 @@ class RowSource:
             yield from rows
         except UnicodeDecodeError as err:
             raise InputError(f"dataset {self.label}: data is not valid UTF-8 ({err.reason} at byte {err.start})") from None
-        except (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError) as err:
+        except _ROW_READ_ERRORS as err:
             raise InputError(f"dataset {self.label}: cannot read rows: {_first_line(err)}") from None
 
     def _text(self, row: dict) -> str:

@@ -139,13 +139,8 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
     else:
         run_dir = _new_run_dir(config)
 
-    noise_generator = seed_everything(training.seed)
-    model = TransformerLM(config.model).to(device)
-    optimizer = build_optimizer(model, config.optimizer)
-    if training.compile:
-        for block in model.blocks:
-            block.compile()
-
+    # Data first: a dataset that cannot be opened (a Hub name offline, a missing file) fails
+    # within seconds, before minutes go into initialising a large model.
     train_batches = StreamingBatches(config.data, tokenizer.encode, config.model.eot_token_id,
                                      split=config.data.train_split, context_length=config.model.context_length,
                                      batch_size=training.batch_size, rank=rank, world_size=world_size,
@@ -162,6 +157,13 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
                               autocast=lambda: autocast_context(device, training.dtype),
                               source=f"data.val_split {config.data.val_split!r}")
         val_batches.close()
+
+    noise_generator = seed_everything(training.seed)
+    model = TransformerLM(config.model).to(device)
+    optimizer = build_optimizer(model, config.optimizer)
+    if training.compile:
+        for block in model.blocks:
+            block.compile()
 
     state = LoopState()
     if checkpoint is not None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from diffusionlm.errors import InputError
 from diffusionlm.utils.atomic import atomic_write_text
+from diffusionlm.utils.files import read_user_text
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -29,15 +30,7 @@ def resource_path(name: str) -> Path:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; a missing, unreadable or malformed file is an `InputError`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: config file is not valid UTF-8 ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read config file ({err.strerror})") from None
+    text = read_user_text(path, "config")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

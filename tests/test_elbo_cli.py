@@ -5,18 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from test_infer_cli import write_run
+from test_infer_cli import run_dir  # noqa: F401 - the shared module-scoped fixture
 
 from cli.eval import main
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("run")
-    write_run(path)
-    return path
 
 
 @pytest.fixture(scope="module")

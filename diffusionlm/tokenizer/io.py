@@ -20,6 +20,7 @@ from pathlib import Path
 from diffusionlm.errors import InputError
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 from diffusionlm.utils.atomic import atomic_write_text
+from diffusionlm.utils.files import read_user_text
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 MERGES_HEADER = "#version: 0.2"
@@ -56,20 +57,9 @@ def printable_to_token(text: str) -> bytes:
     return text.translate(_FROM_PRINTABLE).encode("latin-1")
 
 
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} file not found") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: {what} file is not valid UTF-8 (byte {err.start})") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read {what} file ({err.strerror})") from None
-
-
 def _read_json_object(path: Path, what: str) -> dict:
     try:
-        data = json.loads(_read_text(path, what))
+        data = json.loads(read_user_text(path, what))
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
     if not isinstance(data, dict):
@@ -109,7 +99,7 @@ def read_merges(path: str | os.PathLike, vocab: dict[int, bytes]) -> list[tuple[
     path = Path(path)
     known = set(vocab.values())
     merges: list[tuple[bytes, bytes]] = []
-    for line_number, line in enumerate(_read_text(path, "merges").splitlines(), start=1):
+    for line_number, line in enumerate(read_user_text(path, "merges").splitlines(), start=1):
         if not line or (line_number == 1 and line.startswith("#version")):
             continue
         parts = line.split(" ")

@@ -47,9 +47,24 @@ def _adamw_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
 
 
 class _AdamWStateMixin:
-    """Collects a group's params with grads and their (lazily created) AdamW state."""
+    """Collects a group's params with grads and their (lazily created) AdamW state, and runs
+    the optimizer step over every group through `_update_group`."""
 
     state: dict
+    param_groups: list[dict]
+
+    def _update_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._update_group(group)
+        return loss
 
     def _adamw_group(self, group: dict) -> None:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
@@ -79,15 +94,8 @@ class AdamW(_AdamWStateMixin, torch.optim.Optimizer):
                  weight_decay: float = 0.01) -> None:
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._adamw_group(group)
-        return loss
+    def _update_group(self, group: dict) -> None:
+        self._adamw_group(group)
 
 
 def orthogonalize(matrices: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -146,18 +154,11 @@ class Muon(_AdamWStateMixin, torch.optim.Optimizer):
                         raise ValueError(f"Muon group {group.get('name', '?')!r} holds a {p.ndim}-D parameter "
                                          f"of shape {tuple(p.shape)}; Muon only updates 2-D matrices")
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            if group["use_muon"]:
-                self._muon_group(group)
-            else:
-                self._adamw_group(group)
-        return loss
+    def _update_group(self, group: dict) -> None:
+        if group["use_muon"]:
+            self._muon_group(group)
+        else:
+            self._adamw_group(group)
 
     def _muon_group(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]

@@ -79,6 +79,11 @@ def test_run_logs_every_spec_metric_and_writes_run_directory(tmp_path, capsys):
     assert any(key.startswith("metrics.lr/") for key in train_lines[0])
     for key in VAL_KEYS:
         assert key in val_lines[0], key
+    for key in ("metrics.data/tokens_per_s", "metrics.data/shuffle_buffer_fill"):
+        assert all(key in line for line in train_lines), key
+    provenance = [line for line in lines if "data.provenance.dataset_name" in line]
+    assert len(provenance) == 1 and provenance[0]["data.provenance.dataset_name"] == "builtin"
+    assert provenance[0]["data.provenance.split"] == "train" and provenance[0]["data.provenance.fingerprint"]
     assert val_lines[0]["metrics.val_elbo_ppl"] == pytest.approx(2.718281828 ** val_lines[0]["metrics.val_loss"], rel=1e-6)
     run_dir = tmp_path / "tiny"
     assert result.run_dir == run_dir

@@ -17,7 +17,7 @@ from test_train_fixtures import REPO_ROOT, write_tiny_toml
 
 from diffusionlm.training.checkpoint import list_checkpoints, load_checkpoint
 
-TRAINING = {"max_train_iteration": 60, "ckpting_save_iter": 5, "val_freq_iteration": 20}
+TRAINING = {"max_train_iteration": 120, "ckpting_save_iter": 5, "val_freq_iteration": 20}
 
 
 def _train(config: Path, *extra: str) -> subprocess.Popen:
@@ -48,10 +48,15 @@ def test_sigkilled_run_resumed_from_latest_is_bit_identical_to_an_uninterrupted_
 
     victim = _train(killed)
     checkpoints = tmp_path / "killed" / "tiny" / "checkpoints"
+    # Kill as soon as a checkpoint at or past a random early step exists: the run is then
+    # somewhere between two checkpoints, far from its end, whatever the machine's speed.
+    kill_after = random.Random(os.getpid()).randrange(10, 40)
     deadline = time.monotonic() + 120
-    while not list_checkpoints(checkpoints.parent) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.5))  # land on an arbitrary later step
+    while time.monotonic() < deadline and victim.poll() is None:
+        saved = list_checkpoints(checkpoints.parent)
+        if saved and int(saved[-1].stem.split("_")[-1]) >= kill_after:
+            break
+        time.sleep(0.005)
     assert victim.poll() is None, "the run finished before it could be killed; make it longer"
     victim.send_signal(signal.SIGKILL)
     victim.wait()

@@ -124,10 +124,12 @@ def crossed(before: int, after: int, every: int) -> bool:
 @dataclass
 class LoopHooks:
     """Side effects the loop triggers but does not own: saving a checkpoint (run directory,
-    optimizer shards and data-loader state are the trainer's business)."""
+    optimizer shards and data-loader state are the trainer's business) and reading the data
+    loader's own metrics for each log line."""
 
     save_checkpoint: Callable[[LoopState, dict[str, float]], None]
     last_checkpoint: Callable[[], str | None] = field(default=lambda: None)
+    loader_metrics: Callable[[], dict[str, float]] = field(default=dict)
 
 
 @dataclass
@@ -194,6 +196,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
                 }
                 if result.mask_ratio is not None:
                     metrics["metrics.mask_ratio"] = result.mask_ratio.item()
+                metrics.update({f"metrics.data/{k}": v for k, v in hooks.loader_metrics().items()})
                 if activation_norms is not None:
                     metrics.update({f"metrics.{k}": v for k, v in activation_norms.read().items()})
                 if log_weight_norms:

@@ -9,6 +9,7 @@ Nothing here computes a loss or steps an optimizer; see `loop.py` for that.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -194,6 +195,13 @@ def _save_hook(trainer: Trainer):
     return save
 
 
+def _provenance_record(provenance: dict) -> dict[str, float | int | str]:
+    """The training data's provenance as flat `data.provenance.*` keys, logged once per run so
+    a run's metrics can always be traced to the exact dataset, split, files and settings."""
+    return {f"data.provenance.{key}": value if isinstance(value, (int, float, str)) else json.dumps(value)
+            for key, value in provenance.items()}
+
+
 def run_training(trainer: Trainer) -> TrainResult:
     """Train to `max_train_iteration`, export the weights, print a sample; returns where things are."""
     config, training = trainer.config, trainer.config.training
@@ -201,12 +209,13 @@ def run_training(trainer: Trainer) -> TrainResult:
                             optimizer_cfg=config.optimizer,
                             autocast=lambda: autocast_context(trainer.device, training.dtype))
     batches = trainer.train_batches
+    trainer.logger.log(_provenance_record(batches.provenance()), step=trainer.state.iteration)
     try:
         state = train_loop(
             trainer.model, trainer.optimizer, lambda: next(batches), objective=trainer.objective,
             noise_generator=trainer.noise_generator, grad_sync=trainer.grad_sync, settings=settings,
             validator=trainer.validator, logger=trainer.logger,
-            hooks=LoopHooks(save_checkpoint=_save_hook(trainer),
+            hooks=LoopHooks(save_checkpoint=_save_hook(trainer), loader_metrics=batches.metrics,
                             last_checkpoint=lambda: trainer.checkpointer.last_saved),
             state=trainer.state, max_iteration=training.max_train_iteration, log_every=config.logging.log_every,
             val_every=training.val_freq_iteration, save_every=training.ckpting_save_iter,

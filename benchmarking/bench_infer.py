@@ -87,7 +87,8 @@ def run_variant(predictor: Predictor, prompts: list[list[int]], inference: Infer
                 name: str) -> tuple[VariantResult, torch.Tensor]:
     kv_cache, use_threshold = VARIANT_SETTINGS[name]
     threshold = config.bench_infer.threshold if use_threshold else None
-    settings = inference.model_copy(update={"kv_cache": kv_cache, "threshold": threshold})
+    # Every variant decodes the full length: an early stop at EOS would make the work differ.
+    settings = inference.model_copy(update={"kv_cache": kv_cache, "threshold": threshold, "stop_at_eos": False})
     for _ in range(config.benchmark.warmup_steps):
         predictor.sample_ids(prompts, settings)
     samples = [predictor.sample_ids(prompts, settings) for _ in range(config.benchmark.timed_steps)]

@@ -63,6 +63,16 @@ def test_prune_deletes_oldest_first(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt"]
 
 
+def test_prune_never_deletes_the_save_just_made_when_newer_stale_files_exist(tmp_path):
+    # Resumed from step 2 while an abandoned continuation left step 9 behind.
+    for step in (1, 2, 9):
+        save_checkpoint(checkpoint_path(tmp_path, step), _payload(step))
+    save_checkpoint(checkpoint_path(tmp_path, 3), _payload(3))
+    removed = prune_checkpoints(tmp_path, keep_last_n=1, newest_step=3)
+    assert [p.name for p in removed] == ["step_00000001.pt", "step_00000002.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt", "step_00000009.pt"]
+
+
 def test_failed_write_leaves_no_partial_file_and_the_old_checkpoint_intact(tmp_path):
     path = checkpoint_path(tmp_path, 5)
     save_checkpoint(path, _payload(5))

@@ -214,3 +214,9 @@ def test_bad_arguments_raise_input_error(model, kwargs, message):
     arguments = dict(steps=32, gen_length=32, block_length=8, mask_id=MASK_ID) | kwargs
     with pytest.raises(InputError, match=message):
         generate(model, torch.tensor([[1, 2, 3]]), **arguments)
+
+
+def test_threshold_decoding_rejects_entropy_scores_that_never_reach_it(model):
+    with pytest.raises(InputError, match="threshold needs a confidence in"):
+        generate(model, torch.tensor([[1, 2]]), steps=8, gen_length=8, block_length=8, mask_id=MASK_ID,
+                 remasking="entropy", threshold=0.9)

@@ -144,6 +144,7 @@ class StreamingBatches:
             "order_seed": self.order_seed,
             "mode": self.config.mode,
             "context_length": self.context_length,
+            "shuffle_buffer_size": self.config.shuffle_buffer_size,
         }
 
     def load_state_dict(self, state: dict) -> None:

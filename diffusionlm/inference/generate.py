@@ -96,6 +96,9 @@ def _check_arguments(model: nn.Module, prompt_ids: torch.Tensor, *, gen_length: 
         raise InputError(f"inference.top_p must be in (0, 1] (got {top_p})")
     if threshold is not None and not 0 < threshold <= 1:
         raise InputError(f"inference.threshold must be in (0, 1] (got {threshold})")
+    if threshold is not None and remasking == "entropy":
+        raise InputError("inference.threshold needs a confidence in [0, 1]: remasking 'entropy' scores are negative "
+                         "entropies, which never reach it (use low_confidence or margin)")
     if cfg_scale < 0:
         raise InputError(f"inference.cfg_scale must be >= 0 (got {cfg_scale})")
     if not 0 <= mask_id < config.vocab_size:
@@ -142,7 +145,8 @@ def generate(
 
     steps: total denoising steps, shared over the blocks in proportion to their length (see
     `plan_blocks`; the last block is shorter when `block_length` does not divide `gen_length`).
-    Ignored by `threshold` decoding, which runs until each block is full.
+    With `threshold`, each block instead runs until it is full (at least one token per step),
+    but `steps` must still cover one step per block.
     attention_mask: (B, Lp) bool for left-padded batches, True on real tokens; RoPE positions
     then start at each row's first real token, so a padded row decodes like its prompt alone.
     vocab_limit: the tokenizer's size; ids at or above it (embedding padding) are never sampled.
@@ -174,28 +178,34 @@ def generate(
     deferred = tuple(i for i in (eos_token_id, eot_token_id) if i is not None) if confidence_eos_eot_inf else ()
     denoiser = BlockDenoiser(model, kv_cache=kv_cache, cfg_scale=cfg_scale, mask_id=mask_id, prompt_mask=prompt_mask,
                              attention_mask=attention_mask, positions=positions)
-    committed_per_step: list[int] = []
+    committed: list[torch.Tensor] = []  # per step, kept on the device: reading each would sync
+
+    def denoise_step(block_index: int, window: torch.Tensor, select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                     ) -> None:
+        """One forward pass, sample the block, commit the positions `select` picks."""
+        logits = denoiser(canvas).masked_fill(banned, float("-inf"))
+        if top_p is not None and temperature > 0:
+            logits = top_p_filter(logits, top_p, temperature)
+        sampled = gumbel_max_sample(logits, temperature, generator)
+        confidence = defer_tokens(confidence_scores(logits, sampled, remasking, generator), sampled, deferred)
+        commit = select(confidence, window == mask_id)
+        window[commit] = sampled[commit]
+        committed.append(commit.sum())
+        if on_step is not None:
+            on_step(StepInfo(len(committed), block_index, canvas, int(committed[-1])))
 
     for block_index, block in enumerate(plan):
         denoiser.start_block(block.start, block.end)
-        counts = transfer_counts(block.length, block.steps)
         window = canvas[:, block.start:block.end]  # a view: writing it writes the canvas
-        step_in_block = 0
-        while (eligible := window == mask_id).any():
-            logits = denoiser(canvas).masked_fill(banned, float("-inf"))
-            if top_p is not None and temperature > 0:
-                logits = top_p_filter(logits, top_p, temperature)
-            sampled = gumbel_max_sample(logits, temperature, generator)
-            confidence = defer_tokens(confidence_scores(logits, sampled, remasking, generator), sampled, deferred)
-            if threshold is None:
-                commit = select_top_k(confidence, eligible, counts[step_in_block])
-            else:
-                commit = select_above_threshold(confidence, eligible, threshold)
-            window[commit] = sampled[commit]
-            step_in_block += 1
-            committed_per_step.append(int(commit.sum()))
-            if on_step is not None:
-                on_step(StepInfo(len(committed_per_step), block_index, canvas, committed_per_step[-1]))
+        if threshold is None:
+            # The schedule fixes how many tokens each step commits, and they add up to the
+            # block: the step count is known, so no step asks the device whether masks remain.
+            for count in transfer_counts(block.length, block.steps):
+                denoise_step(block_index, window, lambda conf, eligible, k=count: select_top_k(conf, eligible, k))
+        else:
+            while (window == mask_id).any():
+                denoise_step(block_index, window,
+                             lambda conf, eligible: select_above_threshold(conf, eligible, threshold))
         if stop_at_eos and eos_token_id is not None and _every_row_has(canvas[:, prompt_length:block.end], eos_token_id):
             canvas[:, block.end:] = eos_token_id  # the rest would be cut anyway: skip its forward passes
             break
@@ -204,6 +214,7 @@ def generate(
     if stop_at_eos and eos_token_id is not None:
         is_eos = canvas[:, prompt_length:] == eos_token_id
         lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), lengths)
+    committed_per_step = torch.stack(committed).tolist() if committed else []
     return GenerationResult(tokens=canvas, prompt_length=prompt_length, generated_lengths=lengths,
                             nfe=denoiser.nfe, blocks=plan, committed_per_step=committed_per_step)
 

@@ -19,25 +19,19 @@ from torch import nn
 from diffusionlm.models.layers import Linear, RotaryEmbedding
 
 
-def build_attend_mask(attention_mask: torch.Tensor | None, query_len: int, key_len: int,
-                      causal: bool) -> torch.Tensor | None:
-    """Boolean (B, 1, Lq, Lk) mask, True where a query may attend, or None when nothing is masked.
+def build_attend_mask(attention_mask: torch.Tensor, query_len: int, key_len: int, causal: bool) -> torch.Tensor:
+    """Boolean (B, 1, Lq, Lk) mask, True where a query may attend.
 
     `attention_mask` is (B, Lk) with True for real tokens and False for padding. Queries are
     the last `query_len` positions of the keys (as with a KV cache), which fixes the causal
-    diagonal offset.
+    diagonal offset. Without padding no mask is built at all (SDPA's `is_causal` covers the
+    causal case), so SDPA can take its fused kernels.
     """
-    if attention_mask is None and not causal:
-        return None
-    mask = None
-    if attention_mask is not None:
-        mask = attention_mask.bool()[:, None, None, :]
+    mask = attention_mask.bool()[:, None, None, :]
     if causal:
-        device = attention_mask.device if attention_mask is not None else None
-        offset = key_len - query_len
-        rows = torch.arange(query_len, device=device)[:, None] + offset
-        tri = rows >= torch.arange(key_len, device=device)[None, :]
-        mask = tri[None, None] if mask is None else mask & tri
+        device = attention_mask.device
+        rows = torch.arange(query_len, device=device)[:, None] + (key_len - query_len)
+        mask = mask & (rows >= torch.arange(key_len, device=device)[None, :])
     return mask
 
 

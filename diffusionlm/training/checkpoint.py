@@ -55,9 +55,17 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         torch.save(payload, handle)
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last_n: int) -> list[Path]:
-    """Delete all but the `keep_last_n` newest checkpoints; returns the deleted paths."""
-    doomed = list_checkpoints(run_dir)[:-keep_last_n]
+def prune_checkpoints(run_dir: str | Path, keep_last_n: int, newest_step: int | None = None) -> list[Path]:
+    """Delete all but the `keep_last_n` newest checkpoints at or before `newest_step` (default:
+    all of them); returns the deleted paths.
+
+    Files past `newest_step` are left alone: after resuming from an older checkpoint they are
+    the abandoned continuation, and ranking them as "newest" would delete the save just made.
+    """
+    candidates = list_checkpoints(run_dir)
+    if newest_step is not None:
+        candidates = [p for p in candidates if int(_STEP_FILE.match(p.name).group(1)) <= newest_step]
+    doomed = candidates[:-keep_last_n]
     for path in doomed:
         path.unlink()
     return doomed
@@ -141,8 +149,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, keep_last_n: int, config: dict[str, Any], rank: int = 0) -> None:
         self.run_dir, self.keep_last_n, self.config, self.rank = run_dir, keep_last_n, config, rank
-        existing = list_checkpoints(run_dir)
-        self.last_saved: Path | None = existing[-1] if existing else None
+        self.last_saved: Path | None = None  # written by this process (a resumed run's older files may be stale)
 
     def save(self, *, step: int, scheduler_step: int, skipped_steps: int, model_state: dict,
              optimizer_shards: dict[int, dict], rng: dict, data: dict, metrics: dict[str, Any]) -> Path | None:
@@ -157,5 +164,5 @@ class Checkpointer:
             "data": data, "config": self.config, "metrics": dict(metrics),
         })
         self.last_saved = path
-        prune_checkpoints(self.run_dir, self.keep_last_n)
+        prune_checkpoints(self.run_dir, self.keep_last_n, newest_step=step)
         return path

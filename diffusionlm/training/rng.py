@@ -23,7 +23,9 @@ def capture_rng_state(noise_generator: torch.Generator) -> dict[str, Any]:
         "numpy": {"name": name, "keys": keys.tolist(), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only the current device's generator: a run uses one GPU per process, and a state list
+        # for every visible GPU could not be restored on a machine with fewer of them.
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
         "noise": noise_generator.get_state(),
     }
 
@@ -37,5 +39,5 @@ def restore_rng_state(state: dict[str, Any], noise_generator: torch.Generator) -
                          numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        torch.cuda.set_rng_state(state["cuda"][0].cpu())
     noise_generator.set_state(state["noise"].cpu())

@@ -152,12 +152,14 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
                                        split=config.data.val_split, context_length=config.model.context_length,
                                        batch_size=training.batch_size, rank=rank, world_size=world_size,
                                        seed=training.seed, loop=False)
-        validator = Validator(val_batches, training.max_val_iteration, causal=config.model.causal,
-                              mask_id=config.model.mask_token_id, noise_epsilon=training.noise_epsilon,
-                              count_text_bytes=tokenizer.count_text_bytes, seed=training.seed, device=device,
-                              autocast=lambda: autocast_context(device, training.dtype),
-                              source=f"data.val_split {config.data.val_split!r}")
-        val_batches.close()
+        try:
+            validator = Validator(val_batches, training.max_val_iteration, causal=config.model.causal,
+                                  mask_id=config.model.mask_token_id, noise_epsilon=training.noise_epsilon,
+                                  count_text_bytes=tokenizer.count_text_bytes, seed=training.seed, device=device,
+                                  autocast=lambda: autocast_context(device, training.dtype),
+                                  source=f"data.val_split {config.data.val_split!r}")
+        finally:
+            val_batches.close()
 
     noise_generator = seed_everything(training.seed)
     model = TransformerLM(config.model).to(device)

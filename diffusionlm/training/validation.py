@@ -30,7 +30,7 @@ class Validator:
     def __init__(self, batches: Iterable[torch.Tensor], num_batches: int, *, causal: bool, mask_id: int,
                  noise_epsilon: float, count_text_bytes: Callable[[list[int]], int], seed: int,
                  device: torch.device, autocast: Callable[[], object], source: str) -> None:
-        self.batches = [batch for batch, _ in zip(batches, range(num_batches))]
+        self.batches = [batch for _, batch in zip(range(num_batches), batches)]  # reads no batch beyond the last
         if not self.batches:
             raise InputError(f"{source}: the validation split yielded no batch (is it empty or shorter than "
                              f"one batch?); set training.skip_validation = true to train without it")

@@ -33,10 +33,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        _fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable, so callers may delete older files right after (POSIX only)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _current_umask() -> int:

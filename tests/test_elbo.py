@@ -121,3 +121,27 @@ def test_tally_reports_perplexity_and_bits_per_byte():
     assert report.perplexity == pytest.approx(math.exp(3.0))
     assert report.bits_per_byte == pytest.approx(24 / math.log(2) / 20)
     assert report.label == "<= PPL"
+
+
+def test_guided_answer_nll_equals_guidance_over_full_logits():
+    """Only masked rows reach the head on the guided path; the result must equal guiding the
+    full logits of both passes, un + (w + 1)(cond - un), then scoring the masked tokens."""
+    from diffusionlm.diffusion.elbo import _masked_answer_nll
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=VOCAB, context_length=32, d_model=16, num_layers=2, num_heads=2, d_ff=32,
+                         mask_token_id=MASK_ID, eot_token_id=10)
+    model = TransformerLM(config).eval()
+    sequence = torch.randint(0, MASK_ID, (3, 12))
+    is_masked = torch.zeros_like(sequence, dtype=torch.bool)
+    is_masked[:, 5:] = torch.rand(3, 7) < 0.5
+    is_masked[:, 6] = True
+    noisy = sequence.masked_fill(is_masked, MASK_ID)
+    with torch.no_grad():
+        conditional = model(noisy)
+        unconditional = model(noisy.clone().index_fill_(1, torch.arange(5), MASK_ID))
+        logits = unconditional + 3.5 * (conditional - unconditional)
+        token_nll = torch.nn.functional.cross_entropy(logits[is_masked], sequence[is_masked], reduction="none")
+        expected = torch.zeros(3, dtype=torch.float64).index_add_(0, is_masked.nonzero()[:, 0], token_nll.double())
+        actual = _masked_answer_nll(model, sequence, noisy, is_masked, 5, 2.5, MASK_ID)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

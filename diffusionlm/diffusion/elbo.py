@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusionlm.diffusion.forward_process import apply_mask, mask_probability, sample_times
+from diffusionlm.diffusion.guidance import guide, mask_prompt
 from diffusionlm.diffusion.loss import masked_token_cross_entropy, next_token_cross_entropy
 
 
@@ -114,23 +115,25 @@ def conditional_log_likelihood(model: nn.Module, prompt: torch.Tensor, answer: t
         is_masked = torch.zeros_like(sequence, dtype=torch.bool)
         is_masked[:, prompt_length:] = _mask_exact_count((batch_size, answer_length), counts, generator, device)
         noisy = sequence.masked_fill(is_masked, mask_id)
-        logits = _guided_logits(model, noisy, prompt_length, cfg_scale, mask_id)
-        masked = is_masked.nonzero(as_tuple=True)
-        token_nll = F.cross_entropy(logits[masked], sequence[masked], reduction="none").double()
-        row_nll = torch.zeros(batch_size, dtype=torch.float64, device=device).index_add_(0, masked[0], token_nll)
+        row_nll = _masked_answer_nll(model, sequence, noisy, is_masked, prompt_length, cfg_scale, mask_id)
         losses.append(row_nll * answer_length / counts.double())
     estimate = _summarize(torch.cat(losses)[None])
     return -float(estimate.nll[0]), float(estimate.standard_error[0])
 
 
-def _guided_logits(model: nn.Module, noisy: torch.Tensor, prompt_length: int, cfg_scale: float,
-                   mask_id: int) -> torch.Tensor:
+def _masked_answer_nll(model: nn.Module, sequence: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor,
+                       prompt_length: int, cfg_scale: float, mask_id: int) -> torch.Tensor:
+    """float64 (B,): summed -log p of each row's masked tokens, with classifier-free guidance
+    when cfg_scale > 0. Only masked positions go through the LM head, guided or not."""
     if cfg_scale <= 0:
-        return model(noisy).float()
-    unconditional = noisy.clone()
-    unconditional[:, :prompt_length] = mask_id
-    cond, uncond = model(torch.cat([noisy, unconditional])).float().chunk(2)
-    return uncond + (cfg_scale + 1) * (cond - uncond)
+        return _masked_token_nll(model, sequence, noisy, is_masked)
+    batch = noisy.shape[0]
+    hidden = model.forward_hidden(torch.cat([noisy, mask_prompt(noisy, prompt_length, mask_id)]))
+    masked = is_masked.nonzero(as_tuple=True)
+    conditional = model.lm_head(hidden[:batch][masked]).float()
+    unconditional = model.lm_head(hidden[batch:][masked]).float()
+    token_nll = F.cross_entropy(guide(conditional, unconditional, cfg_scale), sequence[masked], reduction="none")
+    return torch.zeros(batch, dtype=torch.float64, device=noisy.device).index_add_(0, masked[0], token_nll.double())
 
 
 @torch.no_grad()

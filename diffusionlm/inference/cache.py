@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffusionlm.diffusion.guidance import guide, mask_prompt
+
 KV_CACHE_MODES = ("none", "prefix", "dual")
 
 
@@ -102,7 +104,7 @@ class BlockDenoiser:
         """float32 (B, end - start, V) logits of the current block."""
         ids = canvas
         if self.cfg_scale > 0:
-            ids = torch.cat([canvas, canvas.masked_fill(self.prompt_mask, self.mask_id)])
+            ids = torch.cat([canvas, mask_prompt(canvas, self.prompt_mask, self.mask_id)])
         if self.cache is None or self._refresh:
             if self.cache is not None:
                 self.cache.record()
@@ -119,8 +121,7 @@ class BlockDenoiser:
         self.nfe += 1
         logits = self.model.lm_head(hidden).float()
         if self.cfg_scale > 0:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
+            logits = guide(*logits.chunk(2), self.cfg_scale)
         return logits
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from diffusionlm.tokenizer.special_tokens import DEFAULT_SPECIAL_TOKENS
+
 _DATA = Path("../shared/data")
 
 
@@ -20,7 +22,7 @@ class BenchTokenizerConfig(BaseModel):
 
     train_corpus_path: Path = _DATA / "tinystories_train.txt"
     train_vocab_size: int = Field(10000, gt=0)
-    special_tokens: list[str] = Field(default_factory=lambda: ["<|endoftext|>", "<|mask|>"])
+    special_tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS))
     num_processes: int | None = Field(None, gt=0, description="our pre-tokenization workers (default: CPU count)")
     small_corpus_path: Path = _DATA / "corpus.en"
     small_num_merges: int = Field(500, gt=0)

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from diffusionlm.tokenizer.special_tokens import DEFAULT_SPECIAL_TOKENS
+
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
@@ -57,7 +59,7 @@ class TokenizerConfig(Section):
     merges_path: Path | None = None
     special_tokens_path: Path | None = Field(None, description="special_tokens.json written by our trainer")
     special_tokens: list[str] = Field(
-        default_factory=lambda: ["<|endoftext|>", "<|mask|>"],
+        default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS),
         description="used when special_tokens_path is absent (e.g. GPT-2 files); missing ones are appended",
     )
 

@@ -21,9 +21,7 @@ from config.schemas import (
     WandbConfig,
 )
 from diffusionlm.errors import InputError
-
-MASK_TOKEN = "<|mask|>"
-EOT_TOKEN = "<|endoftext|>"
+from diffusionlm.tokenizer.special_tokens import EOT_TOKEN, MASK_TOKEN
 
 
 class TrainConfig(BaseModel):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from diffusionlm.tokenizer.special_tokens import DEFAULT_SPECIAL_TOKENS
+
 
 class TrainTokenizerConfig(BaseModel):
     """Train a tokenizer on a UTF-8 text file, or on the built-in story corpus when no file is given."""
@@ -16,7 +18,7 @@ class TrainTokenizerConfig(BaseModel):
     builtin_seed: int = Field(0, description="seed of the built-in corpus stories")
     builtin_num_stories: int = Field(10000, gt=0, description="stories generated when input_path is left out")
     vocab_size: int = Field(1024, gt=0, description="bytes + merges + special tokens (fewer if the corpus runs out of pairs)")
-    special_tokens: list[str] = Field(default_factory=lambda: ["<|endoftext|>", "<|mask|>"])
+    special_tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS))
     output_dir: Path = Path("runs/tokenizer")
     num_processes: int | None = Field(None, gt=0, description="pre-tokenization workers (default: CPU count)")
     heldout_bytes: int = Field(65536, ge=0, description="tail of the input kept out of training to measure bytes/token")

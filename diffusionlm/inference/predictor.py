@@ -30,13 +30,13 @@ from diffusionlm.errors import InputError
 from diffusionlm.inference.generate import GenerationResult, StepInfo, generate
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.io import MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE, load_tokenizer
+from diffusionlm.tokenizer.special_tokens import EOT_TOKEN, MASK_TOKEN
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 from diffusionlm.training.checkpoint import list_checkpoints, load_checkpoint
 from diffusionlm.training.device import autocast_context, resolve_device
 from diffusionlm.training.export import CONFIG_FILENAME, WEIGHTS_FILENAME
 
 TRAIN_HINT = "train a model first with `uv run diffusionlm-train` (or point inference.checkpoint at a run directory)"
-MASK_TOKEN, EOS_TOKEN = "<|mask|>", "<|endoftext|>"
 # Prefixes torch.compile and DDP wrappers put in front of parameter names.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -211,7 +211,7 @@ class Predictor:
     def eos_id(self, inference: InferenceConfig) -> int:
         eos = inference.eos_token_id
         if eos is None:
-            return self.tokenizer.special_tokens.get(EOS_TOKEN, self.config.eot_token_id)
+            return self.tokenizer.special_tokens.get(EOT_TOKEN, self.config.eot_token_id)
         if not 0 <= eos < self.tokenizer.vocab_size:
             raise InputError(f"inference.eos_token_id ({eos}) is not a token of the tokenizer (0..{self.tokenizer.vocab_size - 1})")
         return eos

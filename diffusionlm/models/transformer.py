@@ -15,6 +15,7 @@ from config.schemas import ModelConfig
 from diffusionlm.models.attention import SelfAttention, build_attend_mask
 from diffusionlm.models.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU
 
+
 class Block(nn.Module):
     """x + Attn(Norm(x)), then x + FFN(Norm(x))."""
 

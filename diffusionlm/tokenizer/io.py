@@ -18,13 +18,13 @@ from importlib import resources
 from pathlib import Path
 
 from diffusionlm.errors import InputError
+from diffusionlm.tokenizer.special_tokens import DEFAULT_SPECIAL_TOKENS
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 from diffusionlm.utils.atomic import atomic_write_text
 from diffusionlm.utils.files import read_user_text
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 MERGES_HEADER = "#version: 0.2"
-DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|mask|>")
 REGENERATE_BUILTIN = "uv run diffusionlm-train-tokenizer --set output_dir=diffusionlm/data/tokenizer"
 
 

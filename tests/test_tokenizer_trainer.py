@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -116,13 +117,29 @@ def test_parallel_chunks_give_the_same_merges(tmp_path, monkeypatch, specials):
     assert train_bpe(path, 330, specials, num_processes=2) == expected
 
 
-def test_chunk_boundaries_fall_on_special_tokens(tmp_path):
+def _is_safe_cut(data: bytes, cut: int) -> bool:
+    return data.startswith(b"<|endoftext|>", cut) or (data[cut - 1:cut] not in b" \n" and data[cut:cut + 1] in b" \n")
+
+
+def test_chunk_boundaries_fall_on_special_tokens_or_after_a_word(tmp_path):
     path = tmp_path / "corpus.txt"
     data = "<|endoftext|>".join(f"story {i} " * (i + 1) for i in range(200)).encode()
     path.write_bytes(data)
     boundaries = find_chunk_boundaries(path, 8, boundary_pattern(["<|endoftext|>"]), len(data))
     assert boundaries[0] == 0 and boundaries[-1] == len(data) and len(boundaries) > 2
-    assert all(data.startswith(b"<|endoftext|>", cut) for cut in boundaries[1:-1])
+    assert all(_is_safe_cut(data, cut) for cut in boundaries[1:-1])
+
+
+def test_a_file_without_its_special_tokens_is_still_cut_into_chunks(tmp_path):
+    path = tmp_path / "corpus.txt"
+    data = ("plain words and no separators\n" * 2000).encode()
+    path.write_bytes(data)
+    boundaries = find_chunk_boundaries(path, 8, boundary_pattern(["<|endoftext|>", "<|mask|>"]), len(data))
+    assert len(boundaries) == 9 and all(_is_safe_cut(data, cut) for cut in boundaries[1:-1])
+
+
+def test_special_tokens_holding_whitespace_are_the_only_cut_points():
+    assert boundary_pattern(["<|end of text|>"]).pattern == re.escape("<|end of text|>".encode())
 
 
 def test_chunk_boundaries_without_special_tokens_fall_after_a_word(tmp_path):

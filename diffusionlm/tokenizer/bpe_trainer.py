@@ -1,9 +1,9 @@
 """Byte-level BPE training.
 
 Two phases. First the input file is pre-tokenized and each distinct pre-token counted; this is
-most of the work on real corpora, so the file is cut into chunks at special-token boundaries
-(a special token is never merged across, so cutting there changes nothing; see
-`boundary_pattern` for files without one) and the chunks are counted in worker processes
+most of the work on real corpora, so the file is cut into chunks at special tokens or word
+starts (a special token is never merged across and a pre-token never crosses a word start, so
+cutting there changes nothing; see `boundary_pattern`) and the chunks are counted in worker processes
 that each read only their own byte range, a few MB at most. Then merges are
 learned on the distinct words weighted by their counts: the pair counts are updated
 incrementally (a pair -> words index means a merge only touches the words that contain it),
@@ -70,14 +70,21 @@ def heldout_offset(path: Path, heldout_bytes: int) -> int:
     raise InputError(f"{path}: holding out the last {heldout_bytes} bytes leaves no complete line to train on")
 
 
+WORD_BOUNDARY = rb"(?<=[!-~])[ \n]"
+
+
 def boundary_pattern(special_tokens: list[str]) -> re.Pattern[bytes]:
-    """Where a chunk may start: at a special token (never merged across), or, with no special
-    tokens, at an ASCII space or newline after a visible ASCII character. GPT-2's pre-tokens
-    hold whitespace only at their start or are all whitespace, and no match starting earlier
-    looks past such a space, so a cut there pre-tokenizes exactly like the whole text."""
-    if special_tokens:
-        return re.compile(b"|".join(re.escape(token.encode("utf-8")) for token in special_tokens))
-    return re.compile(rb"(?<=[!-~])[ \n]")
+    """Where a chunk may start: at a special token (never merged across), or at an ASCII space
+    or newline after a visible ASCII character. GPT-2's pre-tokens hold whitespace only at
+    their start or are all whitespace, and no match starting earlier looks past such a space,
+    so a cut there pre-tokenizes exactly like the whole text. Such a cut can fall inside a
+    special token only if the token holds whitespace; then only special tokens are cut at.
+    (Cutting at spaces too keeps a file with few or no special tokens streaming in parallel
+    chunks instead of one.)"""
+    specials = [re.escape(token.encode("utf-8")) for token in special_tokens]
+    if any(any(ch.isspace() for ch in token) for token in special_tokens):
+        return re.compile(b"|".join(specials))
+    return re.compile(b"|".join([*specials, WORD_BOUNDARY]))
 
 
 def find_chunk_boundaries(path: Path, num_chunks: int, boundary: re.Pattern[bytes], end: int) -> list[int]:

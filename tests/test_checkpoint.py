@@ -147,6 +147,26 @@ def test_resume_restores_numpy_and_python_random_streams(finished_run, tmp_path)
     assert trainer.state.iteration == 8
 
 
+def test_resume_keeps_the_optimizer_state_but_uses_the_new_optimizer_settings(finished_run):
+    run_dir, _ = finished_run
+    checkpoint_file = list_checkpoints(run_dir)[-1]
+    config = tiny_config(run_dir.parent, optimizer={"max_learning_rate": 1e-3, "cosine_cycle_iters": 80})
+    trainer = build_trainer(config, resume=str(checkpoint_file))
+    trainer.train_batches.close()
+    assert {group["max_lr"] for group in trainer.optimizer.param_groups} == {1e-3}
+    saved = load_checkpoint(checkpoint_file)["optimizer"][0]["state"]
+    restored = trainer.optimizer.state_dict()["state"]
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[i]["exp_avg"], restored[i]["exp_avg"]) for i in saved)
+
+
+def test_resume_with_another_optimizer_exits_2_naming_the_checkpoint(finished_run, capsys):
+    run_dir, config_path = finished_run
+    assert train_main(["--config", str(config_path), "--resume", "latest", "--set", "optimizer.optimizer_name=\"muon\""]) == 2
+    err = capsys.readouterr().err
+    assert "parameter groups" in err and str(list_checkpoints(run_dir)[-1]) in err
+
+
 def test_resume_at_the_end_trains_nothing_and_keeps_the_final_checkpoint(finished_run):
     run_dir, _ = finished_run
     before = {p.name: p.read_bytes() for p in list_checkpoints(run_dir)}

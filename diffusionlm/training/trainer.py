@@ -171,7 +171,7 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
     state = LoopState()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(optimizer_shard(checkpoint, rank, world_size, checkpoint_file))
+        _restore_optimizer(optimizer, optimizer_shard(checkpoint, rank, world_size, checkpoint_file), checkpoint_file)
         train_batches.load_state_dict(checkpoint["data"][rank])
         restore_rng_state(checkpoint["rng"], noise_generator)
         state = LoopState(iteration=checkpoint["step"], optimizer_step=checkpoint["scheduler_step"],
@@ -195,6 +195,22 @@ def _save_hook(trainer: Trainer):
             rng=capture_rng_state(trainer.noise_generator), data={trainer.rank: trainer.train_batches.state_dict()},
             metrics=metrics)
     return save
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, source: Path) -> None:
+    """Restore moments and step counts from `state` but keep this run's hyperparameters.
+
+    torch's `load_state_dict` would bring back the saved groups' learning rates, betas and
+    weight decay, silently overriding a changed `[optimizer]` section that config.toml records
+    as in force; resuming to extend a run (a longer cosine) must use the new values.
+    """
+    saved_groups = state["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise InputError(f"{source}: the checkpoint's optimizer has {len(saved_groups)} parameter groups, this config "
+                         f"builds {len(optimizer.param_groups)} (was optimizer.optimizer_name changed?)")
+    groups = [{**saved, **{key: value for key, value in current.items() if key != "params"}}
+              for saved, current in zip(saved_groups, optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def _provenance_record(provenance: dict) -> dict[str, float | int | str]:

@@ -18,7 +18,7 @@ import torch
 
 from config.bench_infer import BenchInferConfig
 from config.schemas import InferenceConfig
-from diffusionlm.diffusion.elbo import conditional_log_likelihood
+from diffusionlm.diffusion.elbo import LikelihoodTally, conditional_log_likelihood
 from diffusionlm.errors import InputError
 from diffusionlm.inference.predictor import Predictor, SampleResult
 from diffusionlm.training.device import autocast_context
@@ -68,8 +68,7 @@ def generated_nll(predictor: Predictor, sample: SampleResult, prompts: list[list
                   mc_batch_size: int) -> tuple[float, float]:
     """Mean NLL/token of each row's generated span given its prompt, with its standard error."""
     result, device = sample.result, predictor.device
-    nll = variance = 0.0
-    tokens = 0
+    tally = LikelihoodTally(is_bound=True)
     for row, prompt in zip(result.tokens, prompts):
         answer = row[result.prompt_length:]
         generator = torch.Generator(device=device).manual_seed(0)
@@ -77,10 +76,9 @@ def generated_nll(predictor: Predictor, sample: SampleResult, prompts: list[list
             log_likelihood, standard_error = conditional_log_likelihood(
                 predictor.model, torch.tensor(prompt, dtype=torch.long, device=device), answer,
                 mask_id=predictor.config.mask_token_id, mc_num=mc_num, batch_size=mc_batch_size, generator=generator)
-        nll -= log_likelihood
-        variance += standard_error ** 2
-        tokens += answer.numel()
-    return nll / tokens, variance ** 0.5 / tokens
+        tally.add(torch.tensor([-log_likelihood]), torch.tensor([standard_error]), answer.numel(), num_bytes=0)
+    report = tally.report()
+    return report.nll_per_token, report.nll_per_token_se
 
 
 def run_variant(predictor: Predictor, prompts: list[list[int]], inference: InferenceConfig, config: BenchInferConfig,

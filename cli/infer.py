@@ -61,13 +61,13 @@ def _run(config: InferConfig, args: argparse.Namespace) -> int:
 
     inference = config.inference
     predictor = Predictor.load(inference.checkpoint, inference.device)
+    encoded = predictor.encode_prompts([inference.prompt], inference)
     stream = None
     if args.stream and sys.stdout.isatty():
-        prompt_ids = predictor.encode_prompts([inference.prompt], inference)[0]
         sys.stdout.write(inference.prompt)
-        stream = CanvasStream(predictor, predictor.mask_id(inference), len(prompt_ids))
+        stream = CanvasStream(predictor, predictor.mask_id(inference), len(encoded[0]))
     try:
-        sample = predictor.sample(inference.prompt, inference, on_step=stream)
+        sample = predictor.sample_ids(encoded, inference, on_step=stream, prompts=[inference.prompt])
     finally:
         if stream is not None:
             stream.close()

@@ -26,11 +26,11 @@ from torch import nn
 
 from config.io import format_validation_error
 from config.schemas import InferenceConfig, ModelConfig
+from config.train import check_tokenizer_matches_model
 from diffusionlm.errors import InputError
 from diffusionlm.inference.generate import GenerationResult, StepInfo, generate
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.io import MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE, load_tokenizer
-from diffusionlm.tokenizer.special_tokens import EOT_TOKEN, MASK_TOKEN
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 from diffusionlm.training.checkpoint import list_checkpoints, load_checkpoint
 from diffusionlm.training.device import autocast_context, resolve_device
@@ -186,14 +186,7 @@ class Predictor:
         return self.model.config
 
     def _check_tokenizer(self) -> None:
-        vocab_size, config = self.tokenizer.vocab_size, self.config
-        if vocab_size > config.vocab_size:
-            raise InputError(f"{self.source}: the tokenizer has {vocab_size} ids but the model only "
-                             f"{config.vocab_size} (vocab_size); they were not trained together")
-        specials = self.tokenizer.special_tokens
-        if specials.get(MASK_TOKEN, config.mask_token_id) != config.mask_token_id:
-            raise InputError(f"{self.source}: the tokenizer's {MASK_TOKEN} is id {specials[MASK_TOKEN]} but the model's "
-                             f"mask_token_id is {config.mask_token_id}; they were not trained together")
+        check_tokenizer_matches_model(self.config, self.tokenizer, str(self.source))
 
     def mask_id(self, inference: InferenceConfig) -> int:
         """`inference.mask_id`, which must be the model's mask token (default)."""
@@ -211,7 +204,7 @@ class Predictor:
     def eos_id(self, inference: InferenceConfig) -> int:
         eos = inference.eos_token_id
         if eos is None:
-            return self.tokenizer.special_tokens.get(EOT_TOKEN, self.config.eot_token_id)
+            return self.config.eot_token_id  # checked at load to be the tokenizer's <|endoftext|>
         if not 0 <= eos < self.tokenizer.vocab_size:
             raise InputError(f"inference.eos_token_id ({eos}) is not a token of the tokenizer (0..{self.tokenizer.vocab_size - 1})")
         return eos

@@ -30,10 +30,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> int:
     from diffusionlm.training.device import resolve_device
-    from diffusionlm.training.trainer import count_parameters, load_run_tokenizer, train
+    from diffusionlm.training.trainer import count_parameters, load_configured_tokenizer, train
 
     if args.dry_run:
-        load_run_tokenizer(config)
+        load_configured_tokenizer(config)
         device = resolve_device(config.training.device)
         total, non_embedding = count_parameters(config)
         print(f"config OK; device {device}; model parameters: {total:,} ({non_embedding:,} non-embedding)")

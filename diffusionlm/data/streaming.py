@@ -34,6 +34,7 @@ from diffusionlm.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+
 class StreamingBatches:
     """Iterator of `torch.LongTensor (batch_size, context_length)` batches for one rank.
 

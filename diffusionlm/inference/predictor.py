@@ -32,7 +32,7 @@ from diffusionlm.inference.generate import GenerationResult, StepInfo, generate
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.io import MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE, load_tokenizer
 from diffusionlm.tokenizer.tokenizer import Tokenizer
-from diffusionlm.training.checkpoint import list_checkpoints, load_checkpoint
+from diffusionlm.training.checkpoint import EXPORT_DIRNAME, TOKENIZER_DIRNAME, list_checkpoints, load_checkpoint
 from diffusionlm.training.device import autocast_context, resolve_device
 from diffusionlm.training.export import CONFIG_FILENAME, WEIGHTS_FILENAME
 
@@ -65,14 +65,14 @@ def find_model_source(path: str | Path) -> ModelSource:
     checkpoints = list_checkpoints(path)
     if checkpoints:
         return ModelSource(checkpoints[-1], "checkpoint", path)
-    if (path / "export" / WEIGHTS_FILENAME).is_file():
-        return ModelSource(path / "export" / WEIGHTS_FILENAME, "export", path)
+    if (path / EXPORT_DIRNAME / WEIGHTS_FILENAME).is_file():
+        return ModelSource(path / EXPORT_DIRNAME / WEIGHTS_FILENAME, "export", path)
     raise InputError(f"inference.checkpoint: {path} has no checkpoints/step_*.pt and no export/{WEIGHTS_FILENAME}; "
                      f"{TRAIN_HINT}")
 
 
 def _run_dir_of_export(export_dir: Path) -> Path:
-    return export_dir.parent if export_dir.name == "export" else export_dir
+    return export_dir.parent if export_dir.name == EXPORT_DIRNAME else export_dir
 
 
 def _model_config(raw: object, source: Path) -> ModelConfig:
@@ -135,7 +135,7 @@ def load_weights(model: nn.Module, state: dict, source: Path, config: ModelConfi
 
 def load_run_tokenizer(run_dir: Path) -> Tokenizer:
     """The run's `tokenizer/` files, or the built-in tokenizer when the run has none."""
-    folder = run_dir / "tokenizer"
+    folder = run_dir / TOKENIZER_DIRNAME
     if not (folder / VOCAB_FILE).is_file():
         return load_tokenizer()
     specials = folder / SPECIAL_TOKENS_FILE

@@ -29,6 +29,8 @@ from diffusionlm.utils.atomic import atomic_open
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIRNAME = "checkpoints"
+TOKENIZER_DIRNAME = "tokenizer"  # <run_dir>/tokenizer/: the files the run was trained with
+EXPORT_DIRNAME = "export"  # <run_dir>/export/: model.safetensors + config.json
 REQUIRED_KEYS = ("format_version", "step", "model", "optimizer", "scheduler_step", "rng", "data", "config", "metrics")
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 

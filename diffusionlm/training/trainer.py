@@ -27,6 +27,8 @@ from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.io import load_tokenizer, save_tokenizer
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 from diffusionlm.training.checkpoint import (
+    EXPORT_DIRNAME,
+    TOKENIZER_DIRNAME,
     Checkpointer,
     check_same_model,
     list_checkpoints,
@@ -44,9 +46,6 @@ from diffusionlm.training.rng import capture_rng_state, restore_rng_state
 from diffusionlm.training.sample import sample_text
 from diffusionlm.training.validation import Validator
 from logger import Logger, build_logger
-
-TOKENIZER_DIRNAME = "tokenizer"
-EXPORT_DIRNAME = "export"
 
 
 @dataclass
@@ -80,7 +79,7 @@ class TrainResult:
     sample: str | None
 
 
-def load_run_tokenizer(config: TrainConfig) -> Tokenizer:
+def load_configured_tokenizer(config: TrainConfig) -> Tokenizer:
     """The configured tokenizer, checked against `[model]` (special ids, vocabulary size)."""
     tok = config.data.tokenizer
     tokenizer = load_tokenizer(tok.vocab_path, tok.merges_path, tok.special_tokens_path, tok.special_tokens)
@@ -127,7 +126,7 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
                   grad_sync: GradSync | None = None) -> Trainer:
     """Build (and on `resume`, restore) a run. Every user-fixable problem is an InputError
     raised before the run directory is touched, except a bad checkpoint, which never alters it."""
-    tokenizer = load_run_tokenizer(config)
+    tokenizer = load_configured_tokenizer(config)
     device = resolve_device(config.training.device)
     training = config.training
 

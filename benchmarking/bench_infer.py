@@ -21,7 +21,7 @@ from config.schemas import InferenceConfig
 from diffusionlm.diffusion.elbo import LikelihoodTally, conditional_log_likelihood
 from diffusionlm.errors import InputError
 from diffusionlm.inference.predictor import Predictor, SampleResult
-from diffusionlm.training.device import autocast_context
+from diffusionlm.utils.device import autocast_context
 
 VARIANT_SETTINGS = {
     "baseline": ("none", False), "prefix": ("prefix", False), "dual": ("dual", False),
@@ -65,14 +65,14 @@ def benchmark_prompts(config: BenchInferConfig, predictor: Predictor) -> list[li
 
 
 def generated_nll(predictor: Predictor, sample: SampleResult, prompts: list[list[int]], mc_num: int,
-                  mc_batch_size: int) -> tuple[float, float]:
+                  mc_batch_size: int, dtype: str) -> tuple[float, float]:
     """Mean NLL/token of each row's generated span given its prompt, with its standard error."""
     result, device = sample.result, predictor.device
     tally = LikelihoodTally(is_bound=True)
     for row, prompt in zip(result.tokens, prompts):
         answer = row[result.prompt_length:]
         generator = torch.Generator(device=device).manual_seed(0)
-        with autocast_context(device, "bfloat16"):
+        with autocast_context(device, dtype):
             log_likelihood, standard_error = conditional_log_likelihood(
                 predictor.model, torch.tensor(prompt, dtype=torch.long, device=device), answer,
                 mask_id=predictor.config.mask_token_id, mc_num=mc_num, batch_size=mc_batch_size, generator=generator)
@@ -93,7 +93,7 @@ def run_variant(predictor: Predictor, prompts: list[list[int]], inference: Infer
     latency = statistics.median(sample.latency_s for sample in samples)
     sample = samples[0]
     nll, nll_se = generated_nll(predictor, sample, prompts, config.bench_infer.quality_mc_num,
-                                config.bench_infer.quality_mc_batch_size)
+                                config.bench_infer.quality_mc_batch_size, settings.dtype)
     generated = sample.result.tokens.shape[0] * sample.result.gen_length
     return VariantResult(name=name, kv_cache=kv_cache, threshold=threshold, latency_s=latency,
                          tokens_per_s=generated / latency, nfe=sample.result.nfe,

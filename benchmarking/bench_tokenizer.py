@@ -19,9 +19,8 @@ from pathlib import Path
 
 from config.bench_tokenizer import BenchTokenizerConfig
 from diffusionlm.errors import InputError
-from diffusionlm.tokenizer.io import printable_to_token
+from diffusionlm.tokenizer.io import load_tokenizer, printable_to_token
 from diffusionlm.tokenizer.pretokenize import GPT2_PATTERN
-from diffusionlm.tokenizer.tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
 GATES = {"train_time_ratio": 3.0, "train_peak_rss_mb": 1024, "small_train_s": 1.5, "encode_ratio": 0.3, "stream_peak_rss_mb": 200}
@@ -101,7 +100,7 @@ def _stream_lines(path: str, megabytes: int) -> Iterator[str]:
 
 
 def _encode_stream(vocab_path: str, merges_path: str, source_path: str, megabytes: int) -> dict:
-    tokenizer = Tokenizer.from_files(vocab_path, merges_path, [EOT])
+    tokenizer = load_tokenizer(vocab_path, merges_path, special_tokens=[EOT])
     baseline = peak_rss_mb()
     started = time.perf_counter()
     count = sum(1 for _ in tokenizer.encode_iterable(_stream_lines(source_path, megabytes)))
@@ -138,7 +137,7 @@ def measure_encode(config: BenchTokenizerConfig) -> dict:
     reference = tiktoken_gpt2(config.gpt2_vocab_path)
     ours_s, reference_s = float("inf"), float("inf")
     for _ in range(config.encode_repeats):
-        tokenizer = Tokenizer.from_files(config.gpt2_vocab_path, config.gpt2_merges_path, [EOT])
+        tokenizer = load_tokenizer(config.gpt2_vocab_path, config.gpt2_merges_path, special_tokens=[EOT])
         started = time.perf_counter()
         ours_ids = tokenizer.encode(text)
         ours_s = min(ours_s, time.perf_counter() - started)
@@ -157,7 +156,7 @@ def run_benchmark(config: BenchTokenizerConfig) -> dict:
     """Every measurement, as a flat dict (also printed as a table by `format_table`)."""
     for name in ("tokenizers", "tiktoken"):
         _import_reference(name)
-    Tokenizer.from_files(config.gpt2_vocab_path, config.gpt2_merges_path, [EOT])  # bad files fail before any timing
+    load_tokenizer(config.gpt2_vocab_path, config.gpt2_merges_path, special_tokens=[EOT])  # bad files fail before any timing
     specials = config.special_tokens
     train_args = dict(path=str(config.train_corpus_path), vocab_size=config.train_vocab_size, special_tokens=specials)
     results = {"train_ours": run_in_child("train_ours", **train_args, num_processes=config.num_processes),

@@ -26,14 +26,14 @@ from types import ModuleType
 import torch
 
 from config.bench_train import BenchTrainConfig
-from config.schemas import ModelConfig, OptimizerConfig
+from config.schemas import AUTOCAST_PRECISION, NOISE_EPSILON, ModelConfig, OptimizerConfig
 from diffusionlm.errors import InputError
 from diffusionlm.models.transformer import TransformerLM, flops_per_token
-from diffusionlm.training.device import autocast_context, resolve_device
 from diffusionlm.training.grad_sync import LocalGradSync
 from diffusionlm.training.loop import StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective
 from diffusionlm.training.optim import build_optimizer
+from diffusionlm.utils.device import autocast_context, resolve_device
 
 LEARNING_RATE = 3e-4
 REFERENCE_ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
@@ -114,10 +114,10 @@ def _our_variant(name: str, model_cfg: ModelConfig, x0: torch.Tensor, device: to
                                     decay_norms_and_embeddings=True, grad_clip_max_l2_norm=CLIP_NORM,
                                     **REFERENCE_ADAMW)
     optimizer = build_optimizer(model, optimizer_cfg)
-    objective = DiffusionObjective(mask_token_id=model_cfg.mask_token_id, noise_epsilon=1e-3,
+    objective = DiffusionObjective(mask_token_id=model_cfg.mask_token_id, noise_epsilon=NOISE_EPSILON,
                                    random_trunc_prob=0.0, antithetic=False)
     settings = StepSettings(device=device, grad_accum_steps=1, optimizer_cfg=optimizer_cfg,
-                            autocast=lambda: autocast_context(device, "bfloat16"))
+                            autocast=lambda: autocast_context(device, AUTOCAST_PRECISION))
     generator = torch.Generator().manual_seed(0)
     grad_sync = LocalGradSync()
 

@@ -47,7 +47,7 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
     from diffusionlm.data.streaming import StreamingBatches
     from diffusionlm.diffusion.elbo import evaluate_perplexity
     from diffusionlm.inference.predictor import Predictor
-    from diffusionlm.training.device import autocast_context
+    from diffusionlm.utils.device import autocast_context
 
     settings = config.eval
     predictor = Predictor.load(settings.checkpoint, settings.device)
@@ -72,13 +72,14 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
     def count_bytes(ids) -> int:
         return tokenizer.count_text_bytes(ids.tolist())
 
+    noise_epsilon = settings.noise_epsilon if settings.noise_epsilon is not None else predictor.training_noise_epsilon
     device = predictor.device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    with autocast_context(device, "bfloat16"):
+    with autocast_context(device, settings.dtype):
         report = evaluate_perplexity(
             predictor.model, (batch.to(device) for batch in batches), method=method,
             mask_id=model_config.mask_token_id, count_bytes=count_bytes, max_sequences=settings.max_sequences,
-            num_samples=settings.num_samples, noise_epsilon=settings.noise_epsilon,
+            num_samples=settings.num_samples, noise_epsilon=noise_epsilon,
             samples_per_forward=settings.samples_per_forward, mc_num=settings.mc_num,
             mc_batch_size=settings.mc_batch_size, prompt_tokens=settings.prompt_tokens, cfg_scale=settings.cfg_scale,
             generator=generator)
@@ -89,6 +90,7 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
     print(json.dumps({
         "params.method": method, "params.weights": str(predictor.source),
         "params.sequence_length": settings.sequence_length,
+        "params.noise_epsilon": noise_epsilon if method == "elbo" else None,
         "params.num_samples": settings.num_samples if method == "elbo" else None,
         "params.mc_num": settings.mc_num if method == "conditional" else None,
         "metrics.label": report.label, "metrics.perplexity": report.perplexity,

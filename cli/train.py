@@ -29,8 +29,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> int:
-    from diffusionlm.training.device import resolve_device
     from diffusionlm.training.trainer import count_parameters, load_configured_tokenizer, train
+    from diffusionlm.utils.device import resolve_device
 
     if args.dry_run:
         load_configured_tokenizer(config)

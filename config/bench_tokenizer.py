@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from diffusionlm.tokenizer.special_tokens import DEFAULT_SPECIAL_TOKENS
+from config.special_tokens import DEFAULT_SPECIAL_TOKENS
 
 _DATA = Path("../shared/data")
 

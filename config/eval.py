@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.schemas import DataConfig, Device, Section
+from config.schemas import AUTOCAST_PRECISION, DataConfig, Device, Precision, Section
 
 
 class EvalSection(Section):
@@ -20,6 +20,7 @@ class EvalSection(Section):
     checkpoint: Path = Field(Path("runs/quickstart"),
                              description="run directory (newest checkpoint), a checkpoint .pt, or an export/ directory")
     device: Device = "auto"
+    dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
     method: Literal["auto", "elbo", "conditional", "exact"] = Field(
         "auto", description="auto: exact for causal models, elbo otherwise")
     text_file: Path | None = Field(None, description="UTF-8 text to score; leave out for [data]'s validation split")
@@ -28,7 +29,8 @@ class EvalSection(Section):
     batch_size: int = Field(8, gt=0, description="sequences per forward batch")
     num_samples: int = Field(32, gt=0, description="elbo: Monte-Carlo noise draws per sequence")
     samples_per_forward: int | None = Field(None, gt=0, description="elbo: draws per forward pass (memory knob)")
-    noise_epsilon: float = Field(1e-3, ge=0, lt=1, description="elbo: t is stratified over [eps, 1]")
+    noise_epsilon: float | None = Field(None, ge=0, lt=1,
+                                       description="elbo: t is stratified over [eps, 1]; default: the run's training.noise_epsilon")
     mc_num: int = Field(32, gt=0, description="conditional: Monte-Carlo draws per sequence (LLaDA's mc_num)")
     mc_batch_size: int = Field(8, gt=0, description="conditional: draws per forward pass; must divide mc_num")
     prompt_tokens: int = Field(32, ge=0, description="conditional: leading tokens of each sequence used as the prompt")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from diffusionlm.tokenizer.special_tokens import DEFAULT_SPECIAL_TOKENS
+from config.special_tokens import DEFAULT_SPECIAL_TOKENS
 
 
 class Section(BaseModel):
@@ -23,6 +23,12 @@ class Section(BaseModel):
 
 
 Device = Literal["auto", "cpu", "cuda"] | str
+# The choice lists and defaults that more than one section (or the library) relies on, written once.
+Precision = Literal["float32", "bfloat16"]
+AUTOCAST_PRECISION: Precision = "bfloat16"  # CUDA autocast dtype unless configured otherwise
+RemaskingStrategy = Literal["low_confidence", "random", "margin", "entropy"]
+KVCacheMode = Literal["none", "prefix", "dual"]
+NOISE_EPSILON = 1e-3  # floor of the mask probability: p_mask = (1 - eps) * t + eps
 
 
 class ModelConfig(Section):
@@ -91,7 +97,7 @@ class MuonGroupConfig(Section):
     momentum: float = Field(0.95, ge=0, lt=1)
     nesterov: bool = True
     ns_steps: int = Field(5, gt=0, description="Newton-Schulz iterations")
-    ns_dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Newton-Schulz matmul precision")
+    ns_dtype: Precision = Field("bfloat16", description="Newton-Schulz matmul precision")
     weight_decay: float = Field(0.0, ge=0)
 
 
@@ -139,7 +145,7 @@ class TrainingConfig(Section):
     passes); the optimizer steps every `grad_accum_steps` of them."""
 
     device: Device = "auto"
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="autocast dtype on CUDA; CPU runs fp32")
+    dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
     compile: bool = False
     seed: int = 0
     batch_size: int = Field(gt=0)
@@ -149,7 +155,7 @@ class TrainingConfig(Section):
     val_freq_iteration: int = Field(100, gt=0)
     ckpting_save_iter: int = Field(500, gt=0)
     skip_validation: bool = False
-    noise_epsilon: float = Field(1e-3, ge=0, lt=1, description="p_mask = (1-eps)*t + eps")
+    noise_epsilon: float = Field(NOISE_EPSILON, ge=0, lt=1, description="p_mask = (1-eps)*t + eps")
     random_trunc_prob: float = Field(0.0, ge=0, le=1, description="probability of cutting a batch to a random length")
     antithetic_time: bool = Field(True, description="stratify t across the batch (lower-variance loss)")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="on a non-finite loss: stop, or skip the step")
@@ -223,16 +229,17 @@ class InferenceConfig(Section):
     temperature: float = Field(0.0, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     cfg_scale: float = Field(0.0, ge=0)
-    remasking: Literal["low_confidence", "random", "margin", "entropy"] = "low_confidence"
+    remasking: RemaskingStrategy = "low_confidence"
     mask_id: int | None = Field(None, description="defaults to the tokenizer's <|mask|>")
     eos_token_id: int | None = Field(None, description="defaults to the tokenizer's <|endoftext|>")
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     stop_at_eos: bool = True
-    kv_cache: Literal["none", "prefix", "dual"] = "none"
+    kv_cache: KVCacheMode = "none"
     threshold: float | None = Field(None, gt=0, le=1, description="parallel decoding: commit tokens with confidence >= this")
     seed: int = 0
     device: Device = "auto"
+    dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
 
 
 class BenchmarkConfig(Section):

@@ -12,15 +12,9 @@ from test_train_fixtures import tiny_config, write_tiny_toml
 
 from cli.train import main as train_main
 from diffusionlm.errors import InputError
-from diffusionlm.training.checkpoint import (
-    checkpoint_path,
-    list_checkpoints,
-    load_checkpoint,
-    load_latest_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
 from diffusionlm.training.trainer import build_trainer, run_training
+from diffusionlm.utils.checkpoint import load_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
+from diffusionlm.utils.run_layout import checkpoint_path, list_checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -113,14 +113,14 @@ def test_sft_diffusion_loss_never_masks_the_prompt():
 
 def test_sft_rejects_random_truncation():
     with pytest.raises(ValueError, match="random_trunc_prob"):
-        diffusion_loss(PositionLogitsLM(torch.tensor(TABLE)), X0, mask_token_id=MASK_ID, random_trunc_prob=0.5,
+        diffusion_loss(PositionLogitsLM(torch.tensor(TABLE)), X0, mask_token_id=MASK_ID, noise_epsilon=1e-3, random_trunc_prob=0.5,
                        prompt_lengths=torch.tensor([1, 1]))
 
 
 def test_only_masked_positions_reach_the_head():
     model = PositionLogitsLM(torch.zeros(16, 5))
     x0 = torch.randint(0, 4, (8, 16), generator=torch.Generator().manual_seed(0))
-    result = diffusion_loss(model, x0, mask_token_id=4, generator=torch.Generator().manual_seed(1))
+    result = diffusion_loss(model, x0, mask_token_id=4, noise_epsilon=1e-3, generator=torch.Generator().manual_seed(1))
     assert model.lm_head.rows_seen == [result.num_masked.item()]
     assert 0 < result.num_masked.item() < x0.numel()
     assert result.mask_ratio.item() == pytest.approx(result.num_masked.item() / x0.numel())
@@ -138,7 +138,7 @@ def test_zero_masked_tokens_gives_zero_loss_that_backpropagates():
 
 def test_all_prompt_sft_rows_do_not_produce_nan():
     model = PositionLogitsLM(torch.tensor(TABLE))
-    result = diffusion_loss(model, X0, mask_token_id=MASK_ID, prompt_lengths=torch.tensor([4, 4]))
+    result = diffusion_loss(model, X0, mask_token_id=MASK_ID, noise_epsilon=1e-3, prompt_lengths=torch.tensor([4, 4]))
     assert result.loss.item() == 0.0
 
 
@@ -265,7 +265,7 @@ def test_same_generator_seed_gives_the_same_loss():
     x0 = torch.randint(0, 4, (4, 16), generator=torch.Generator().manual_seed(1))
 
     def run():
-        return diffusion_loss(model, x0, mask_token_id=4, antithetic=True, random_trunc_prob=0.5,
+        return diffusion_loss(model, x0, mask_token_id=4, noise_epsilon=1e-3, antithetic=True, random_trunc_prob=0.5,
                               generator=torch.Generator().manual_seed(7)).loss
 
     assert torch.equal(run(), run())

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_infer_cli import run_dir  # noqa: F401 - the shared module-scoped fixture
+import torch
+from test_infer_cli import run_dir, write_run  # noqa: F401 - the shared module-scoped fixture
 
 from cli.eval import main
+from diffusionlm.utils.checkpoint import save_checkpoint
+from diffusionlm.utils.run_layout import list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +51,18 @@ def test_text_shorter_than_one_sequence_is_rejected(run_dir, tmp_path, capsys):
     short.write_text("Hi.", encoding="utf-8")
     assert main(evaluate(run_dir, short)) == 2
     assert "fewer than one sequence" in capsys.readouterr().err
+
+
+def test_elbo_uses_the_runs_own_noise_epsilon_unless_told_otherwise(tmp_path, text_file, capsys):
+    write_run(tmp_path)
+    path = list_checkpoints(tmp_path)[-1]
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["training"] = {"noise_epsilon": 0.25}
+    save_checkpoint(path, checkpoint)
+
+    def scored_with(*args: str) -> float:
+        assert main(evaluate(tmp_path, text_file, "--set", "eval.method=elbo", *args)) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["params.noise_epsilon"]
+
+    assert scored_with() == 0.25
+    assert scored_with("--set", "eval.noise_epsilon=0.01") == 0.01

@@ -11,8 +11,9 @@ from cli.infer import main
 from config.schemas import ModelConfig
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.io import load_tokenizer
-from diffusionlm.training.checkpoint import checkpoint_path, save_checkpoint
 from diffusionlm.training.export import export_safetensors
+from diffusionlm.utils.checkpoint import save_checkpoint
+from diffusionlm.utils.run_layout import checkpoint_path
 
 BUILTIN = load_tokenizer()
 VOCAB = -(-BUILTIN.vocab_size // 64) * 64  # padded up to a multiple of 64, as training configs do

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from diffusionlm.errors import InputError
 from diffusionlm.tokenizer.bpe_trainer import train_bpe
+from diffusionlm.tokenizer.io import load_tokenizer
 from diffusionlm.tokenizer.pretokenize import GPT2_REGEX, find_pretokens
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 
@@ -31,7 +32,7 @@ SMALL_WORDS = ["The", " cat", " sat", " on", " the", " mat", ".", " dog", " didn
 
 @pytest.fixture(scope="module")
 def gpt2(shared_data) -> Tokenizer:
-    return Tokenizer.from_files(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt", [EOT])
+    return load_tokenizer(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt", special_tokens=[EOT])
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_engine_switching_text_encodes_like_tiktoken(gpt2, tiktoken_gpt2, text):
 
 
 def test_gpt2_endoftext_keeps_its_id_and_a_new_special_is_appended(shared_data):
-    tokenizer = Tokenizer.from_files(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt", [EOT, "<|mask|>"])
+    tokenizer = load_tokenizer(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt", special_tokens=[EOT, "<|mask|>"])
     assert tokenizer.special_tokens == {EOT: 50256, "<|mask|>": 50257}
     assert tokenizer.vocab_size == 50258
     assert tokenizer.encode("a<|mask|>" + EOT) == [64, 50257, 50256]

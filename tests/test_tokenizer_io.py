@@ -49,12 +49,6 @@ def test_files_use_gpt2_printable_byte_encoding(saved):
     assert specials == {"<|endoftext|>": len(vocab) - 2, "<|mask|>": len(vocab) - 1}
 
 
-def test_from_files_accepts_a_special_tokens_json_path(saved):
-    folder, tokenizer = saved
-    loaded = Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", folder / "special_tokens.json")
-    assert loaded.special_tokens == tokenizer.special_tokens
-
-
 def test_builtin_tokenizer_loads_with_its_special_tokens():
     tokenizer = load_tokenizer()
     assert tokenizer.special_tokens == {"<|endoftext|>": tokenizer.vocab_size - 2, "<|mask|>": tokenizer.vocab_size - 1}

@@ -14,7 +14,7 @@ from diffusionlm.diffusion.elbo import evaluate_perplexity
 from diffusionlm.diffusion.forward_process import apply_mask
 from diffusionlm.diffusion.loss import masked_token_loss
 from diffusionlm.models.transformer import TransformerLM
-from diffusionlm.training.checkpoint import list_checkpoints
+from diffusionlm.utils.run_layout import list_checkpoints
 from diffusionlm.training.grad_sync import LocalGradSync
 from diffusionlm.training.loop import NonFiniteLossError, StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective

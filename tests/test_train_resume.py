@@ -15,7 +15,8 @@ import pytest
 import torch
 from test_train_fixtures import REPO_ROOT, write_tiny_toml
 
-from diffusionlm.training.checkpoint import list_checkpoints, load_checkpoint
+from diffusionlm.utils.checkpoint import load_checkpoint
+from diffusionlm.utils.run_layout import list_checkpoints
 
 TRAINING = {"max_train_iteration": 120, "ckpting_save_iter": 5, "val_freq_iteration": 20}
 

@@ -56,7 +56,7 @@ def _summarize(samples: torch.Tensor) -> SequenceEstimate:
 
 
 @torch.no_grad()
-def elbo_nll(model: nn.Module, x0: torch.Tensor, *, mask_id: int, num_samples: int, noise_epsilon: float = 1e-3,
+def elbo_nll(model: nn.Module, x0: torch.Tensor, *, mask_id: int, num_samples: int, noise_epsilon: float,
              samples_per_forward: int | None = None, generator: torch.Generator | None = None) -> SequenceEstimate:
     """ELBO bound on -log p(x0) for each row of x0 (B, L), from `num_samples` noise draws.
 
@@ -201,7 +201,7 @@ ESTIMATORS = ("elbo", "conditional", "exact")
 
 @torch.no_grad()
 def evaluate_perplexity(model: nn.Module, batches, *, method: str, mask_id: int, count_bytes, max_sequences: int,
-                        num_samples: int = 32, noise_epsilon: float = 1e-3, samples_per_forward: int | None = None,
+                        noise_epsilon: float, num_samples: int = 32, samples_per_forward: int | None = None,
                         mc_num: int = 32, mc_batch_size: int = 8, prompt_tokens: int = 0, cfg_scale: float = 0.0,
                         generator: torch.Generator | None = None) -> PerplexityReport:
     """Score up to `max_sequences` rows from `batches` (an iterable of (B, L) id tensors).

@@ -77,7 +77,7 @@ def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, i
     return (token_ce * token_weight[masked]).sum() / batch_size
 
 
-def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, noise_epsilon: float = 1e-3,
+def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, noise_epsilon: float,
                    random_trunc_prob: float = 0.0, antithetic: bool = False,
                    prompt_lengths: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> DiffusionLoss:

@@ -17,12 +17,15 @@ denoiser below runs the plain full forward at every step.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import nn
 
+from config.schemas import KVCacheMode
 from diffusionlm.diffusion.guidance import guide, mask_prompt
 
-KV_CACHE_MODES = ("none", "prefix", "dual")
+KV_CACHE_MODES = get_args(KVCacheMode)
 
 
 class LayerKV:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +26,23 @@ from pydantic import ValidationError
 from torch import nn
 
 from config.io import format_validation_error
-from config.schemas import InferenceConfig, ModelConfig
-from config.train import check_tokenizer_matches_model
+from config.schemas import NOISE_EPSILON, InferenceConfig, ModelConfig
 from diffusionlm.errors import InputError
 from diffusionlm.inference.generate import GenerationResult, StepInfo, generate
 from diffusionlm.models.transformer import TransformerLM
+from diffusionlm.tokenizer.checks import check_tokenizer_matches_model
 from diffusionlm.tokenizer.io import MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE, load_tokenizer
 from diffusionlm.tokenizer.tokenizer import Tokenizer
-from diffusionlm.training.checkpoint import EXPORT_DIRNAME, TOKENIZER_DIRNAME, list_checkpoints, load_checkpoint
-from diffusionlm.training.device import autocast_context, resolve_device
-from diffusionlm.training.export import CONFIG_FILENAME, WEIGHTS_FILENAME
+from diffusionlm.utils.checkpoint import load_checkpoint
+from diffusionlm.utils.device import autocast_context, resolve_device
+from diffusionlm.utils.run_layout import (
+    EXPORT_CONFIG_FILENAME,
+    EXPORT_DIRNAME,
+    EXPORT_WEIGHTS_FILENAME,
+    RUN_CONFIG_FILENAME,
+    TOKENIZER_DIRNAME,
+    list_checkpoints,
+)
 
 TRAIN_HINT = "train a model first with `uv run diffusionlm-train` (or point inference.checkpoint at a run directory)"
 # Prefixes torch.compile and DDP wrappers put in front of parameter names.
@@ -60,14 +68,14 @@ def find_model_source(path: str | Path) -> ModelSource:
             return ModelSource(path, "export", _run_dir_of_export(path.parent))
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         return ModelSource(path, "checkpoint", run_dir)
-    if (path / WEIGHTS_FILENAME).is_file():
-        return ModelSource(path / WEIGHTS_FILENAME, "export", _run_dir_of_export(path))
+    if (path / EXPORT_WEIGHTS_FILENAME).is_file():
+        return ModelSource(path / EXPORT_WEIGHTS_FILENAME, "export", _run_dir_of_export(path))
     checkpoints = list_checkpoints(path)
     if checkpoints:
         return ModelSource(checkpoints[-1], "checkpoint", path)
-    if (path / EXPORT_DIRNAME / WEIGHTS_FILENAME).is_file():
-        return ModelSource(path / EXPORT_DIRNAME / WEIGHTS_FILENAME, "export", path)
-    raise InputError(f"inference.checkpoint: {path} has no checkpoints/step_*.pt and no export/{WEIGHTS_FILENAME}; "
+    if (path / EXPORT_DIRNAME / EXPORT_WEIGHTS_FILENAME).is_file():
+        return ModelSource(path / EXPORT_DIRNAME / EXPORT_WEIGHTS_FILENAME, "export", path)
+    raise InputError(f"inference.checkpoint: {path} has no checkpoints/step_*.pt and no export/{EXPORT_WEIGHTS_FILENAME}; "
                      f"{TRAIN_HINT}")
 
 
@@ -84,29 +92,37 @@ def _model_config(raw: object, source: Path) -> ModelConfig:
         raise InputError(format_validation_error(err, f"{source} [model]")) from None
 
 
-def _read_checkpoint(weights: Path, device: torch.device) -> tuple[ModelConfig, dict, int | None]:
+def _read_checkpoint(weights: Path, device: torch.device) -> tuple[ModelConfig, dict, int | None, dict]:
     checkpoint = load_checkpoint(weights, map_location=device)
-    config = checkpoint["config"]
-    return _model_config(config.get("model") if isinstance(config, dict) else None, weights), checkpoint["model"], \
-        int(checkpoint["step"])
+    config = checkpoint["config"] if isinstance(checkpoint["config"], dict) else {}
+    return _model_config(config.get("model"), weights), checkpoint["model"], int(checkpoint["step"]), config
 
 
-def _read_export(weights: Path, device: torch.device) -> tuple[ModelConfig, dict, None]:
+def _read_run_config(run_dir: Path) -> dict:
+    """The run's resolved training config (config.toml), or {} when the export stands alone."""
+    try:
+        return tomllib.loads((run_dir / RUN_CONFIG_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def _read_export(weights: Path, device: torch.device) -> tuple[ModelConfig, dict, None, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    config_path = weights.parent / CONFIG_FILENAME
+    config_path = weights.parent / EXPORT_CONFIG_FILENAME
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{config_path}: missing; an export needs config.json beside {WEIGHTS_FILENAME}") from None
+        raise InputError(f"{config_path}: missing; an export needs config.json beside {EXPORT_WEIGHTS_FILENAME}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{config_path}: unreadable export config ({err})") from None
     try:
         state = load_file(weights, device=str(device))
     except (SafetensorError, OSError) as err:
         raise InputError(f"{weights}: corrupt or truncated safetensors file ({err})") from None
-    return _model_config(raw.get("model") if isinstance(raw, dict) else None, config_path), state, None
+    return (_model_config(raw.get("model") if isinstance(raw, dict) else None, config_path), state, None,
+            _read_run_config(_run_dir_of_export(weights.parent)))
 
 
 def load_weights(model: nn.Module, state: dict, source: Path, config: ModelConfig) -> None:
@@ -167,8 +183,9 @@ class Predictor:
     """A loaded model + tokenizer on one device: checks configs, generates text."""
 
     def __init__(self, model: TransformerLM, tokenizer: Tokenizer, device: torch.device, *, source: Path,
-                 step: int | None = None) -> None:
+                 step: int | None = None, run_config: dict | None = None) -> None:
         self.model, self.tokenizer, self.device, self.source, self.step = model, tokenizer, device, source, step
+        self.run_config = run_config or {}  # the training config the weights came from, when known
         self._check_tokenizer()
 
     @classmethod
@@ -176,14 +193,20 @@ class Predictor:
         target = resolve_device(device, field="inference.device")
         source = find_model_source(path)
         read = _read_checkpoint if source.kind == "checkpoint" else _read_export
-        config, state, step = read(source.weights, target)
+        config, state, step, run_config = read(source.weights, target)
         model = TransformerLM(config).to(target)
         load_weights(model, state, source.weights, config)
-        return cls(model.eval(), load_run_tokenizer(source.run_dir), target, source=source.weights, step=step)
+        return cls(model.eval(), load_run_tokenizer(source.run_dir), target, source=source.weights, step=step,
+                   run_config=run_config)
 
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    @property
+    def training_noise_epsilon(self) -> float:
+        """The mask-probability floor the model was trained with (the default when unknown)."""
+        return float(self.run_config.get("training", {}).get("noise_epsilon", NOISE_EPSILON))
 
     def _check_tokenizer(self) -> None:
         check_tokenizer_matches_model(self.config, self.tokenizer, str(self.source))
@@ -241,7 +264,7 @@ class Predictor:
                                           device=self.device)
         generator = torch.Generator(device=self.device).manual_seed(inference.seed)
         start = time.perf_counter()
-        with autocast_context(self.device, "bfloat16"):
+        with autocast_context(self.device, inference.dtype):
             result = generate(
                 self.model, prompt_ids, steps=inference.steps, gen_length=inference.total_length - width,
                 block_length=inference.block_length, temperature=inference.temperature, top_p=inference.top_p,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 
+from config.schemas import RemaskingStrategy
 from diffusionlm.errors import InputError
 
-REMASKING_STRATEGIES = ("low_confidence", "random", "margin", "entropy")
+REMASKING_STRATEGIES = get_args(RemaskingStrategy)
 
 # Confidence given to a sampled EOS/EOT when `confidence_eos_eot_inf` defers them: below every
 # real score (probabilities, margins, negative entropies), yet above the -inf that marks

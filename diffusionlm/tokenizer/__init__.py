@@ -1,4 +1,4 @@
-"""Byte-level BPE: train it (`train_bpe`), load it (`load_tokenizer`, `Tokenizer.from_files`), use it.
+"""Byte-level BPE: train it (`train_bpe`), load it (`load_tokenizer`), use it.
 
 Torch-free on purpose: tokenizer training and data workers import this package alone.
 """

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
+from config.special_tokens import DEFAULT_SPECIAL_TOKENS
 from diffusionlm.errors import InputError
-from diffusionlm.tokenizer.special_tokens import DEFAULT_SPECIAL_TOKENS
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 from diffusionlm.utils.atomic import atomic_write_text
 from diffusionlm.utils.files import read_user_text

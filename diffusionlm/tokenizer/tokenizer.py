@@ -73,21 +73,6 @@ class Tokenizer:
             self._merge_ranks.setdefault(left << id_bits | right, rank << id_bits | merged)
         self._pretoken_cache: dict[str, tuple[int, ...]] = {}
 
-    @classmethod
-    def from_files(
-        cls,
-        vocab_path: str | os.PathLike,
-        merges_path: str | os.PathLike,
-        special_tokens: Iterable[str] | str | os.PathLike | None = None,
-    ) -> Tokenizer:
-        """Load `vocab.json` + `merges.txt` (GPT-2's format); `special_tokens` is a list of strings
-        or the path of a `special_tokens.json` written by our trainer."""
-        from diffusionlm.tokenizer import io  # io builds Tokenizers, so it imports this module
-
-        if isinstance(special_tokens, (str, os.PathLike)):
-            return io.load_tokenizer(vocab_path, merges_path, special_tokens_path=special_tokens)
-        return io.load_tokenizer(vocab_path, merges_path, special_tokens=special_tokens or ())
-
     @staticmethod
     def _require_id(token_ids: dict[bytes, int], token: bytes, what: str) -> int:
         try:

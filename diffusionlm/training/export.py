@@ -15,17 +15,16 @@ from torch import nn
 
 from config.schemas import ModelConfig
 from diffusionlm.utils.atomic import atomic_write_bytes, atomic_write_text
+from diffusionlm.utils.run_layout import EXPORT_CONFIG_FILENAME, EXPORT_WEIGHTS_FILENAME
 
 EXPORT_FORMAT_VERSION = 1
-WEIGHTS_FILENAME = "model.safetensors"
-CONFIG_FILENAME = "config.json"
 
 
 def export_safetensors(model: nn.Module, model_config: ModelConfig, out_dir: str | Path) -> Path:
     """Write `out_dir/model.safetensors` and `out_dir/config.json` atomically; returns out_dir."""
     out_dir = Path(out_dir)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    atomic_write_bytes(out_dir / WEIGHTS_FILENAME, save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(out_dir / EXPORT_WEIGHTS_FILENAME, save(tensors, metadata={"format": "pt"}))
     config = {"model": model_config.model_dump(mode="json"), "format_version": EXPORT_FORMAT_VERSION}
-    atomic_write_text(out_dir / CONFIG_FILENAME, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out_dir / EXPORT_CONFIG_FILENAME, json.dumps(config, indent=2) + "\n")
     return out_dir

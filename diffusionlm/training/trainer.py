@@ -20,23 +20,13 @@ import numpy as np
 import torch
 
 from config.io import write_config
-from config.train import TrainConfig, check_tokenizer_matches_model
+from config.train import TrainConfig
 from diffusionlm.data.streaming import StreamingBatches
 from diffusionlm.errors import InputError
 from diffusionlm.models.transformer import TransformerLM
+from diffusionlm.tokenizer.checks import check_tokenizer_matches_model
 from diffusionlm.tokenizer.io import load_tokenizer, save_tokenizer
 from diffusionlm.tokenizer.tokenizer import Tokenizer
-from diffusionlm.training.checkpoint import (
-    EXPORT_DIRNAME,
-    TOKENIZER_DIRNAME,
-    Checkpointer,
-    check_same_model,
-    list_checkpoints,
-    optimizer_shard,
-    resolve_and_load,
-    run_dir_of,
-)
-from diffusionlm.training.device import autocast_context, resolve_device
 from diffusionlm.training.export import export_safetensors
 from diffusionlm.training.grad_sync import GradSync, LocalGradSync
 from diffusionlm.training.loop import LoopHooks, LoopState, StepSettings, train_loop
@@ -45,6 +35,15 @@ from diffusionlm.training.optim import build_optimizer
 from diffusionlm.training.rng import capture_rng_state, restore_rng_state
 from diffusionlm.training.sample import sample_text
 from diffusionlm.training.validation import Validator
+from diffusionlm.utils.checkpoint import Checkpointer, check_same_model, optimizer_shard, resolve_and_load
+from diffusionlm.utils.device import autocast_context, resolve_device
+from diffusionlm.utils.run_layout import (
+    EXPORT_DIRNAME,
+    RUN_CONFIG_FILENAME,
+    TOKENIZER_DIRNAME,
+    list_checkpoints,
+    run_dir_of,
+)
 from logger import Logger, build_logger
 
 
@@ -118,7 +117,7 @@ def _new_run_dir(config: TrainConfig) -> Path:
 def _write_run_files(config: TrainConfig, run_dir: Path, tokenizer: Tokenizer) -> None:
     """config.toml and the tokenizer files, so the run directory is self-contained for inference."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir / "config.toml")
+    write_config(config, run_dir / RUN_CONFIG_FILENAME)
     save_tokenizer(run_dir / TOKENIZER_DIRNAME, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
 
 

@@ -14,8 +14,6 @@ import torch
 
 from diffusionlm.errors import InputError
 
-_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float32": None}
-
 
 def resolve_device(name: str, field: str = "training.device") -> torch.device:
     """"auto" -> cuda when available, else cpu. A requested but missing CUDA is an InputError."""
@@ -36,8 +34,8 @@ def resolve_device(name: str, field: str = "training.device") -> torch.device:
 
 
 def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when dtype = "bfloat16"; a no-op otherwise (CPU always runs fp32)."""
-    autocast_dtype = _AUTOCAST_DTYPES[dtype]
-    if device.type != "cuda" or autocast_dtype is None:
+    """Autocast to `dtype` (a torch dtype name, e.g. "bfloat16") on CUDA; a no-op for "float32"
+    and on CPU, which always runs fp32."""
+    if device.type != "cuda" or dtype == "float32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=autocast_dtype)
+    return torch.autocast("cuda", dtype=getattr(torch, dtype))

@@ -18,7 +18,6 @@ skipped silently and nothing is deleted: the user decides.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +25,10 @@ import torch
 
 from diffusionlm.errors import InputError
 from diffusionlm.utils.atomic import atomic_open
+from diffusionlm.utils.run_layout import CHECKPOINT_DIRNAME, checkpoint_path, checkpoint_step, list_checkpoints
 
 FORMAT_VERSION = 1
-CHECKPOINT_DIRNAME = "checkpoints"
-TOKENIZER_DIRNAME = "tokenizer"  # <run_dir>/tokenizer/: the files the run was trained with
-EXPORT_DIRNAME = "export"  # <run_dir>/export/: model.safetensors + config.json
 REQUIRED_KEYS = ("format_version", "step", "model", "optimizer", "scheduler_step", "rng", "data", "config", "metrics")
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIRNAME / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint files of a run, oldest first (temp files of unfinished saves are ignored)."""
-    directory = Path(run_dir) / CHECKPOINT_DIRNAME
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_FILE.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -66,7 +49,7 @@ def prune_checkpoints(run_dir: str | Path, keep_last_n: int, newest_step: int | 
     """
     candidates = list_checkpoints(run_dir)
     if newest_step is not None:
-        candidates = [p for p in candidates if int(_STEP_FILE.match(p.name).group(1)) <= newest_step]
+        candidates = [p for p in candidates if checkpoint_step(p) <= newest_step]
     doomed = candidates[:-keep_last_n]
     for path in doomed:
         path.unlink()
@@ -118,11 +101,6 @@ def resolve_and_load(resume: str, default_run_dir: Path | None,
     if path.is_dir():
         return load_latest_checkpoint(path, map_location)
     return path, load_checkpoint(path, map_location)
-
-
-def run_dir_of(checkpoint_file: Path) -> Path:
-    """`<run_dir>/checkpoints/step_X.pt` -> `<run_dir>`."""
-    return checkpoint_file.resolve().parent.parent
 
 
 def check_same_model(checkpoint: dict, model_config: dict[str, Any], path: Path) -> None:

@@ -184,13 +184,15 @@ fetch() {  # fetch PATH: copy ROOT/PATH (file or folder) from the host to FETCH_
     # shellcheck disable=SC2064  # expand now: the trap must remove this very folder
     trap "rm -rf $(q "$staging")" EXIT
     on_host "if [ ! -e $(q "$path") ]; then echo $(q "$prog: error: $root/$path: not found on the host") >&2; exit 2; fi; tar -cf - -- $(q "$path")" \
-        </dev/null | tar -xf - -C "$staging"
+        </dev/null > "$staging/archive.tar"
+    mkdir "$staging/tree"
+    tar -xf "$staging/archive.tar" -C "$staging/tree"
     mkdir -p "$dest/$(dirname "$path")"
-    if [ -d "$staging/$path" ] && [ -d "$dest/$path" ]; then
-        cp -R "$staging/$path/." "$dest/$path/"  # merge into an earlier fetch of the same folder
+    if [ -d "$staging/tree/$path" ] && [ -d "$dest/$path" ]; then
+        cp -R "$staging/tree/$path/." "$dest/$path/"  # merge into an earlier fetch of the same folder
     else
         rm -rf "${dest:?}/$path"
-        mv "$staging/$path" "$dest/$path"  # same filesystem: the file appears whole or not at all
+        mv "$staging/tree/$path" "$dest/$path"  # same filesystem: the file appears whole or not at all
     fi
     say "fetched $PRIME_HOST:$root/$path -> $dest/$path"
 }

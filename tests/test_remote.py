@@ -86,13 +86,16 @@ class Host:
     def logs(self) -> str:
         return "".join(path.read_text() for path in sorted((self.root / "logs").glob("train-*.log")))
 
-    def wait_for_log(self, pattern: str, timeout: float = 120) -> str:
+    @staticmethod
+    def wait_for_log(started: subprocess.CompletedProcess, pattern: str, timeout: float = 120) -> str:
+        """The log of the session that `started` (a train or auto-train run) reported, once it matches."""
+        log = Path(re.search(r"log: (\S+)", started.stderr).group(1))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if re.search(pattern, logs := self.logs()):
-                return logs
+            if re.search(pattern, text := log.read_text()):
+                return text
             time.sleep(0.5)
-        raise AssertionError(f"no {pattern!r} in the host's training logs after {timeout}s:\n{self.logs()[-3000:]}")
+        raise AssertionError(f"no {pattern!r} in {log} after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def write_sshd_config(tmp: Path, port: int, tmux_dir: Path) -> Path:
@@ -140,7 +143,8 @@ def host(tmp_path_factory):
            "ENV_FILE": str(tmp / "local" / "wandb.env"), "FETCH_DIR": str(tmp / "fetched")}
     (tmp / "local").mkdir()
     host = Host(tmp=tmp, env=env, root=tmp / "host" / "diffusionlm", tmux_dir=tmux_dir,
-                tiny_toml=write_tiny_toml(tmp / "tiny.toml", Path("runs")), sshd_log=tmp / "sshd.log")
+                tiny_toml=write_tiny_toml(tmp / "tiny.toml", Path("runs"), training={
+                    "max_train_iteration": 4, "ckpting_save_iter": 2, "skip_validation": True}), sshd_log=tmp / "sshd.log")
     with open(host.sshd_log, "w") as log:
         # sshd starts listening 3 s after the control plane's first attempt.
         host.sshd = subprocess.Popen(["bash", "-c", 'sleep 3 && exec "$@"', "delayed-sshd", SSHD, "-D", "-e",
@@ -167,7 +171,7 @@ def test_auto_train_waits_for_a_late_sshd_bootstraps_and_trains_in_tmux(host):
     if host.env["DATA_FROM"] != "none":
         assert (host.root / "data" / "gpt2_vocab.json").exists()
     assert "started in tmux session diffusionlm-train" in result.stderr
-    logs = host.wait_for_log(r"training exited with status \d+")
+    logs = host.wait_for_log(result, r"training exited with status \d+")
     assert "training exited with status 0" in logs
     assert "diffusionlm-train --config" in logs and "diffusionlm-train-ddp" not in logs  # no GPUs here
     assert (host.root / "runs" / TINY_RUN / "export" / "model.safetensors").exists()
@@ -184,7 +188,7 @@ def test_bootstrap_again_is_idempotent(host):
 
 @pytest.mark.slow
 def test_list_runs_shows_the_run_and_fetch_brings_back_its_checkpoint(host):
-    host.wait_for_log(r"training exited with status \d+")
+    host.wait_for_log(host.auto_train, r"training exited with status \d+")
     listing = host.just("list-runs")
     assert listing.returncode == 0, listing.stderr
     line = next(line for line in listing.stdout.splitlines() if line.startswith(f"runs/{TINY_RUN} "))
@@ -205,7 +209,7 @@ def test_list_runs_shows_the_run_and_fetch_brings_back_its_checkpoint(host):
 
 @pytest.mark.slow
 def test_infer_runs_on_the_host_with_quoted_arguments(host):
-    host.wait_for_log(r"training exited with status \d+")
+    host.wait_for_log(host.auto_train, r"training exited with status \d+")
     result = host.just("infer", "infer", f"--checkpoint runs/{TINY_RUN} --prompt 'Once upon a time'"
                        " --set inference.total_length=24 --set inference.steps=4 --set inference.block_length=8")
     assert result.returncode == 0, result.stderr
@@ -244,7 +248,7 @@ def test_kill_train_stops_the_session_and_the_wandb_key_never_shows(host):
     started = host.just("train", str(host.tiny_toml), f"--set logging.run_name={run} --set logging.backend=wandb"
                         " --set training.max_train_iteration=1000000 --set training.ckpting_save_iter=1000000")
     assert started.returncode == 0, started.stderr
-    host.wait_for_log(r'"metrics\.loss"')  # wandb.init has run: the key was in use
+    host.wait_for_log(started, r'"metrics\.loss"')  # wandb.init has run: the key was in use
     ps_snapshots = []
     for _ in range(3):
         ps_snapshots.append(subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout)

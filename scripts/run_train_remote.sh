@@ -123,9 +123,9 @@ kill_session() {
     # Everything the session started shares the pane's process session: tmux's hangup stops it,
     # and whatever ignores the hangup is killed after 15 s.
     local leader waited=0
-    leader=$(tmux display-message -p -t "=$session_name" '#{pane_pid}')
+    leader=$(tmux display-message -p -t "=$session_name:" '#{pane_pid}')
     tmux kill-session -t "=$session_name"
-    while pgrep -s "$leader" >/dev/null 2>&1; do
+    while [ -n "$leader" ] && pgrep -s "$leader" >/dev/null; do
         if [ "$waited" -ge 15 ]; then
             pkill -KILL -s "$leader" || true
             break

@@ -1,11 +1,11 @@
 """Remote orchestration (Justfile + scripts/) end to end against a real OpenSSH server.
 
 The "GPU host" is this machine: Debian's sshd listens on a free 127.0.0.1 port with a throwaway
-host key, user key and config in a temp dir, and starts only after a delay, so the control plane
-has to wait for it. The host clones a local clone of this repository at its HEAD commit (so it
-runs committed code), and its `uv sync` works offline from the local uv cache: the test's sshd
-hands UV_OFFLINE=1, this process's PATH and UV_* settings to its sessions (sshd_config SetEnv);
-a real host needs none of that. tmux on the host uses a private socket folder (TMUX_TMPDIR).
+host key, user key and config in a temp dir, and starts only once the control plane has been
+refused, so the control plane has to wait for it. The host clones a local clone of this
+repository at its HEAD commit (so it runs committed code), and its `uv sync` works offline from
+the local uv cache: the test's sshd hands UV_OFFLINE=1, this process's PATH and UV_* settings to
+its sessions (sshd_config SetEnv); a real host needs none of that. tmux on the host uses a private socket folder (TMUX_TMPDIR).
 Skips, saying why, where sshd, tmux, git or just is missing or sshd cannot run here.
 """
 
@@ -43,9 +43,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def just_command(*args: str) -> list[str]:
+    return [str(JUST), "--justfile", str(REPO_ROOT / "Justfile"), *args]
+
+
 def run_just(env: dict[str, str], *args: str, timeout: float = JUST_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run([str(JUST), "--justfile", str(REPO_ROOT / "Justfile"), *args], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(just_command(*args), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -87,7 +91,7 @@ class Host:
         return "".join(path.read_text() for path in sorted((self.root / "logs").glob("train-*.log")))
 
     @staticmethod
-    def wait_for_log(started: subprocess.CompletedProcess, pattern: str, timeout: float = 120) -> str:
+    def wait_for_log(started: subprocess.CompletedProcess, pattern: str, timeout: float = 180) -> str:
         """The log of the session that `started` (a train or auto-train run) reported, once it matches."""
         log = Path(re.search(r"log: (\S+)", started.stderr).group(1))
         deadline = time.monotonic() + timeout
@@ -115,9 +119,32 @@ def write_sshd_config(tmp: Path, port: int, tmux_dir: Path) -> Path:
     return config
 
 
+def auto_train_against_late_sshd(host: Host, sshd_config: Path, *args: str) -> subprocess.CompletedProcess:
+    """`just auto-train ARGS`, with sshd started only once the control plane has been refused."""
+    out, err = host.tmp / "auto-train.out", host.tmp / "auto-train.err"
+    command = just_command("auto-train", *args)
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        control = subprocess.Popen(command, env=host.env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for" not in err.read_text() and control.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with open(host.sshd_log, "w") as log:
+            host.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(sshd_config)], stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL)
+        control.wait(timeout=JUST_TIMEOUT_S)
+    finally:
+        if control.poll() is None:
+            control.kill()
+            control.wait()
+    result = subprocess.CompletedProcess(command, control.returncode, out.read_text(), err.read_text())
+    host.outputs += [result.stdout, result.stderr]
+    return result
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    """A bootstrapped host with one finished tiny run: `just auto-train` against a late sshd."""
+    """A bootstrapped host with one tiny run started by `just auto-train` against a late sshd."""
     skip_unless_tools(SSHD, "ssh", "ssh-keygen", "tmux", "git")
     if not (REPO_ROOT / ".git").exists():
         pytest.skip("the checkout is not a git repository, so the host has nothing to clone")
@@ -133,31 +160,29 @@ def host(tmp_path_factory):
 
     src = tmp / "src"
     subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(src)], check=True)
+    head = subprocess.check_output(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], text=True).strip()
+    subprocess.run(["git", "-C", str(src), "branch", "--force", "remote-test", head], check=True)  # even if detached
     (tmp / "ssh_config").write_text(f"UserKnownHostsFile {tmp / 'known_hosts'}\n")
     env = {**os.environ,
            "PRIME_HOST": f"{getpass.getuser()}@127.0.0.1:{port}", "REMOTE_ROOT": str(tmp / "host" / "diffusionlm"),
            "SSH_KEY": str(tmp / "user_key"), "SSH_CONFIG": str(tmp / "ssh_config"), "SSH_WAIT_S": "60",
-           "REPO_URL": str(src), "REPO_REF": subprocess.check_output(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-                                                                      text=True).strip(),
-           "DATA_FROM": str(SHARED_DATA) if SHARED_DATA.is_dir() else "none",
+           "REPO_URL": str(src), "REPO_REF": head, "DATA_FROM": str(SHARED_DATA) if SHARED_DATA.is_dir() else "none",
            "ENV_FILE": str(tmp / "local" / "wandb.env"), "FETCH_DIR": str(tmp / "fetched")}
     (tmp / "local").mkdir()
     host = Host(tmp=tmp, env=env, root=tmp / "host" / "diffusionlm", tmux_dir=tmux_dir,
                 tiny_toml=write_tiny_toml(tmp / "tiny.toml", Path("runs"), training={
                     "max_train_iteration": 4, "ckpting_save_iter": 2, "skip_validation": True}), sshd_log=tmp / "sshd.log")
-    with open(host.sshd_log, "w") as log:
-        # sshd starts listening 3 s after the control plane's first attempt.
-        host.sshd = subprocess.Popen(["bash", "-c", 'sleep 3 && exec "$@"', "delayed-sshd", SSHD, "-D", "-e",
-                                      "-f", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
-        host.auto_train = host.just("auto-train", str(host.tiny_toml), f"--set logging.run_name={TINY_RUN}")
+        host.auto_train = auto_train_against_late_sshd(host, config, str(host.tiny_toml),
+                                                       f"--set logging.run_name={TINY_RUN}")
         if host.auto_train.returncode != 0 and host.sshd.poll() is not None:
             pytest.skip(f"sshd exited with status {host.sshd.returncode}: {host.sshd_log.read_text().strip()}")
         yield host
     finally:
         host.tmux("kill-server")  # only the private server in tmux_dir
-        host.sshd.terminate()
-        host.sshd.wait(timeout=30)
+        if host.sshd is not None:
+            host.sshd.terminate()
+            host.sshd.wait(timeout=30)
         shutil.rmtree(tmux_dir, ignore_errors=True)
 
 

@@ -219,6 +219,8 @@ def test_list_runs_shows_the_run_and_fetch_brings_back_its_checkpoint(host):
     line = next(line for line in listing.stdout.splitlines() if line.startswith(f"runs/{TINY_RUN} "))
     latest = re.search(r"latest: (\S+\.pt)", line).group(1)
     assert "training session diffusionlm-train: not running" in listing.stdout
+    attach = host.just("attach-train")
+    assert attach.returncode == 2 and len(error_lines(attach)) == 1 and "no training session" in attach.stderr
 
     fetched = host.just("fetch", latest)
     assert fetched.returncode == 0, fetched.stderr
@@ -287,6 +289,8 @@ def test_kill_train_stops_the_session_and_the_wandb_key_never_shows(host):
 
     listing = host.just("list-runs")
     assert "training session diffusionlm-train: running" in listing.stdout
+    second = host.just("train", str(host.tiny_toml))
+    assert second.returncode == 2 and len(error_lines(second)) == 1 and "already running" in second.stderr
     killed = host.just("kill-train")
     assert killed.returncode == 0, killed.stderr
     assert host.tmux("has-session", "-t", "=diffusionlm-train").returncode != 0

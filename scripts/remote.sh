@@ -191,8 +191,10 @@ fetch() {  # fetch PATH: copy ROOT/PATH (file or folder) from the host to FETCH_
     if [ -d "$staging/tree/$path" ] && [ -d "$dest/$path" ]; then
         cp -R "$staging/tree/$path/." "$dest/$path/"  # merge into an earlier fetch of the same folder
     else
-        rm -rf "${dest:?}/$path"
-        mv "$staging/tree/$path" "$dest/$path"  # same filesystem: the file appears whole or not at all
+        if [ -d "$staging/tree/$path" ] || [ -d "$dest/$path" ]; then
+            rm -rf "${dest:?}/$path"  # a file and a folder cannot replace one another by a rename
+        fi
+        mv -f "$staging/tree/$path" "$dest/$path"  # a rename: the file appears whole or not at all
     fi
     say "fetched $PRIME_HOST:$root/$path -> $dest/$path"
 }

@@ -92,7 +92,7 @@ start() {  # start CONFIG [ARG...]
     mkdir -p logs
     log=logs/train-$(date -u +%Y%m%dT%H%M%SZ).log
     # Several words after `--`: tmux runs the command directly, with no shell parsing it.
-    tmux new-session -d -s "$session_name" -x 200 -y 50 -- bash scripts/run_train_remote.sh session "$log" "${cmd[@]}"
+    tmux new-session -d -s "$session_name" -c "$PWD" -x 200 -y 50 -- bash scripts/run_train_remote.sh session "$log" "${cmd[@]}"
     say "started in tmux session $session_name on $(gpu_count) GPU(s): ${cmd[*]:1}"
     say "log: $PWD/$log (watch: just attach-train; stop: just kill-train)"
 }

@@ -186,6 +186,29 @@ def test_left_padded_batch_equals_each_prompt_alone(model):
         assert batched.tokens[row, width:].tolist() == alone.tokens[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("kv_cache", ["none", "dual"])
+def test_per_row_generators_sample_each_row_as_if_alone(model, kv_cache):
+    prompts = [[5, 9, 13, 2, 7, 30], [11, 4], [8, 8, 21, 40]]
+    seeds = [3, 4, 3]
+    width = max(map(len, prompts))
+    padded = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])
+    kwargs = dict(steps=12, gen_length=24, block_length=8, mask_id=MASK_ID, temperature=1.0, top_p=0.95,
+                  remasking="random", kv_cache=kv_cache)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    batched = generate(model, padded, attention_mask=mask, generator=generators, **kwargs)
+    for row, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        alone = generate(model, torch.tensor([prompt]), generator=torch.Generator().manual_seed(seed), **kwargs)
+        assert batched.tokens[row, width:].tolist() == alone.tokens[0, len(prompt):].tolist()
+    assert batched.tokens[0, width:].tolist() != batched.tokens[2, width:].tolist()  # same seed, other prompt
+
+
+def test_one_generator_per_row_must_match_the_batch(model):
+    with pytest.raises(ValueError, match="2 generators for a batch of 1 rows"):
+        generate(model, torch.tensor([[1, 2]]), steps=4, gen_length=4, block_length=4, mask_id=MASK_ID,
+                 temperature=1.0, generator=[torch.Generator(), torch.Generator()])
+
+
 def test_same_seed_same_sample_different_seed_different_sample(model):
     kwargs = dict(steps=16, gen_length=32, block_length=16, temperature=1.0, mask_id=MASK_ID, top_p=0.9)
     prompt = torch.tensor([[1, 2, 3]])

@@ -30,6 +30,7 @@ from diffusionlm.inference.cache import KV_CACHE_MODES, BlockDenoiser
 from diffusionlm.inference.sampling import (
     REMASKING_STRATEGIES,
     BlockPlan,
+    Generators,
     banned_token_mask,
     confidence_scores,
     defer_tokens,
@@ -135,7 +136,7 @@ def generate(
     confidence_eos_eot_inf: bool = False,
     stop_at_eos: bool = False,
     attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     vocab_limit: int | None = None,
     kv_cache: str = "none",
     threshold: float | None = None,
@@ -149,6 +150,8 @@ def generate(
     but `steps` must still cover one step per block.
     attention_mask: (B, Lp) bool for left-padded batches, True on real tokens; RoPE positions
     then start at each row's first real token, so a padded row decodes like its prompt alone.
+    generator: one for the batch, or one per row (each row's text then depends on its own seed
+    only, whatever else is in the batch).
     vocab_limit: the tokenizer's size; ids at or above it (embedding padding) are never sampled.
     kv_cache / threshold: Fast-dLLM's caches and parallel decoding (see cache.py).
     """

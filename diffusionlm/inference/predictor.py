@@ -252,8 +252,11 @@ class Predictor:
         return self.sample_ids(self.encode_prompts(prompts, inference), inference, on_step, prompts=prompts)
 
     def sample_ids(self, encoded: list[list[int]], inference: InferenceConfig,
-                   on_step: Callable[[StepInfo], None] | None = None, *, prompts: list[str] | None = None) -> SampleResult:
-        """Like `sample`, from prompts already tokenized."""
+                   on_step: Callable[[StepInfo], None] | None = None, *, prompts: list[str] | None = None,
+                   seeds: list[int] | None = None) -> SampleResult:
+        """Like `sample`, from prompts already tokenized. `seeds` (one per prompt) gives each row
+        its own generator, so a row's text does not depend on the rest of the batch; without
+        them one generator seeded with `inference.seed` serves the batch."""
         mask_id, eos_id = self.mask_id(inference), self.eos_id(inference)
         width = max(map(len, encoded))
         prompt_ids = torch.tensor([[eos_id] * (width - len(ids)) + ids for ids in encoded], dtype=torch.long,
@@ -262,7 +265,10 @@ class Predictor:
         if any(len(ids) != width for ids in encoded):
             attention_mask = torch.tensor([[False] * (width - len(ids)) + [True] * len(ids) for ids in encoded],
                                           device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(inference.seed)
+        if seeds is None:
+            generator = torch.Generator(device=self.device).manual_seed(inference.seed)
+        else:
+            generator = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
         start = time.perf_counter()
         with autocast_context(self.device, inference.dtype):
             result = generate(

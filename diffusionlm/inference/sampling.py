@@ -8,6 +8,7 @@ sampler in `generate.py` reads as the LLaDA loop and each rule can be tested on 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import get_args
 
@@ -17,6 +18,10 @@ from config.schemas import RemaskingStrategy
 from diffusionlm.errors import InputError
 
 REMASKING_STRATEGIES = get_args(RemaskingStrategy)
+
+# One generator for the whole batch, or one per row (so each row's draws depend on its own
+# seed only, and a row samples the same text batched or alone).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 # Confidence given to a sampled EOS/EOT when `confidence_eos_eot_inf` defers them: below every
 # real score (probabilities, margins, negative entropies), yet above the -inf that marks
@@ -108,14 +113,22 @@ def top_p_filter(logits: torch.Tensor, top_p: float, temperature: float = 1.0) -
     return logits.masked_fill(drop, float("-inf"))
 
 
-def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def uniform(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
     """float64 U[0, 1) draws made on the generator's device (so a seed means the same draws
-    wherever the model lives), returned on `device`."""
+    wherever the model lives), returned on `device`.
+
+    With a sequence of generators, row i of the (B, ...) draws comes from generator i alone.
+    One generator for a single row gives the same draws either way.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} rows")
+        return torch.stack([uniform(shape[1:], row, device) for row in generator])
     draw_device = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=draw_device, dtype=torch.float64).to(device)
 
 
-def gumbel_max_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def gumbel_max_sample(logits: torch.Tensor, temperature: float, generator: Generators = None) -> torch.Tensor:
     """Draw ids from softmax(logits / T) by the Gumbel-max trick; T = 0 is argmax.
 
     LLaDA writes it as argmax exp(l) / (-log u)^T; we take the log of that expression,
@@ -131,7 +144,7 @@ def gumbel_max_sample(logits: torch.Tensor, temperature: float, generator: torch
 
 
 def confidence_scores(logits: torch.Tensor, sampled: torch.Tensor, remasking: str,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: Generators = None) -> torch.Tensor:
     """float64 (B, L) score per position: the higher, the sooner the sampled token is committed.
 
     low_confidence: probability of the sampled token (LLaDA). random: U[0, 1) (LLaDA).

@@ -1,0 +1,69 @@
+"""Serve a trained model over HTTP with OpenAI's completions API, batching concurrent requests.
+
+    uv run diffusionlm-serve                                   # the quick-start run on 127.0.0.1:8000
+    uv run diffusionlm-serve --set inference.checkpoint=runs/mine/export --set server.port=0
+    curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+         -d '{"prompt": "Once upon a time", "max_tokens": 32, "stream": true}'
+
+Open http://127.0.0.1:8000/ to watch the canvas fill in. The server listens at once and answers
+503 until the model has loaded; a model that cannot be loaded stops it (exit 2). SIGTERM or
+Ctrl-C stops accepting connections and lets in-flight requests finish (server.drain_timeout_s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from cli.utils import run_cli
+from config.serve import ServeConfig
+from diffusionlm.errors import InputError
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port); a taken port is a config error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise InputError(f"server.host/server.port: cannot listen on {host}:{port} ({err.strerror})") from None
+    sock.listen(2048)
+    return sock
+
+
+def _run(config: ServeConfig, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from diffusionlm.serving.app import create_app
+
+    failures: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop_on_load_error(err: BaseException) -> None:
+        failures.append(err)
+        server.should_exit = True
+
+    app = create_app(config, on_load_error=stop_on_load_error)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="debug" if args.debug else "info", access_log=args.debug,
+                                           timeout_graceful_shutdown=config.server.drain_timeout_s))
+    sock = bind(config.server.host, config.server.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"diffusionlm-serve: {config.inference.checkpoint} on http://{shown}:{port}/ (loading the model)",
+          flush=True)
+    server.run(sockets=[sock])
+    if failures:
+        raise failures[0]
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, ServeConfig, prog="diffusionlm-serve", description=__doc__, default_config="serve.toml",
+                   argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

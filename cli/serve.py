@@ -13,6 +13,7 @@ Ctrl-C stops accepting connections and lets in-flight requests finish (server.dr
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 
 from cli.utils import run_cli
@@ -54,7 +55,13 @@ def _run(config: ServeConfig, args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"diffusionlm-serve: {config.inference.checkpoint} on http://{shown}:{port}/ (loading the model)",
           flush=True)
-    server.run(sockets=[sock])
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found; with
+    # this one in place a drained server exits 0 instead of dying by the signal.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if failures:
         raise failures[0]
     return 0

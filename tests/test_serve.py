@@ -45,6 +45,25 @@ def client(server):
         yield client
 
 
+def concurrently(server: LiveServer, calls: list) -> list:
+    """Run `call(client)` for each call at once (one client each, released together by a barrier)."""
+    clients = [make_client(server) for _ in calls]
+    barrier, results = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait(TIMEOUT_S)
+        results[i] = calls[i](clients[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    for client in clients:
+        client.close()
+    return results
+
+
 def complete(client, prompt=PROMPT, **kwargs):
     extra = {key: kwargs.pop(key) for key in ("steps", "block_length", "remasking", "threshold", "kv_cache",
                                              "cfg_scale", "stream_canvas") if key in kwargs}
@@ -121,22 +140,22 @@ def test_n_choices_come_from_consecutive_seeds(client):
 def test_seeded_requests_give_the_same_text_batched_or_alone(client, server):
     prompts = ["Once upon a time", "Tom", "The little dog ran to the park and", "Mia"]
     settings = dict(max_tokens=16, temperature=1.0, top_p=0.95, remasking="random", kv_cache="dual")
-    results: dict[int, object] = {}
-
-    def call(i: int) -> None:
-        with make_client(server) as own:
-            results[i] = complete(own, prompts[i], seed=100 + i, **settings)
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(TIMEOUT_S)
-    assert max(results[i].model_extra["diffusion"]["batch_size"] for i in results) > 1
+    results = concurrently(server, [lambda c, i=i: complete(c, prompts[i], seed=100 + i, **settings)
+                                    for i in range(len(prompts))])
+    assert max(result.model_extra["diffusion"]["batch_size"] for result in results) > 1
     for i, prompt in enumerate(prompts):
         alone = complete(client, prompt, seed=100 + i, **settings)
         assert alone.model_extra["diffusion"]["batch_size"] == 1
         assert alone.choices[0].text == results[i].choices[0].text
+
+
+def test_requests_with_different_settings_are_not_batched_together(server):
+    results = concurrently(server, [lambda c, i=i: complete(c, max_tokens=8, steps=8 if i % 2 else 4)
+                                    for i in range(4)])
+    sizes = [results[i].model_extra["diffusion"]["batch_size"] for i in range(4)]
+    nfes = [results[i].model_extra["diffusion"]["nfe"] for i in range(4)]
+    assert nfes == [4, 8, 4, 8]
+    assert all(size <= 2 for size in sizes) and max(sizes) == 2
 
 
 def test_echo_puts_the_prompt_in_front(client):

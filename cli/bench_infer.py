@@ -11,10 +11,8 @@ line per variant.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 
-from cli.utils import run_cli
+from cli.utils import print_result_records, run_cli
 from config.bench_infer import BenchInferConfig
 
 
@@ -23,10 +21,7 @@ def _run(config: BenchInferConfig, args: argparse.Namespace) -> int:
 
     results, shared = run_benchmark(config)
     print(format_table(results, shared))
-    for result in results:
-        record = {f"params.{k}": v for k, v in shared.items()}
-        record |= {f"metrics.{k}": v for k, v in dataclasses.asdict(result).items()}
-        print(json.dumps(record), flush=True)
+    print_result_records(results, shared)
     return 0
 
 

@@ -14,31 +14,16 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 
 from cli.utils import run_cli
 from config.serve import ServeConfig
-from diffusionlm.errors import InputError
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0: any free port); a taken port is a config error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise InputError(f"server.host/server.port: cannot listen on {host}:{port} ({err.strerror})") from None
-    sock.listen(2048)
-    return sock
 
 
 def _run(config: ServeConfig, args: argparse.Namespace) -> int:
     import uvicorn
 
     from diffusionlm.serving.app import create_app
+    from diffusionlm.serving.listen import bind, url_of
 
     failures: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -51,10 +36,7 @@ def _run(config: ServeConfig, args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="debug" if args.debug else "info", access_log=args.debug,
                                            timeout_graceful_shutdown=config.server.drain_timeout_s))
     sock = bind(config.server.host, config.server.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"diffusionlm-serve: {config.inference.checkpoint} on http://{shown}:{port}/ (loading the model)",
-          flush=True)
+    print(f"diffusionlm-serve: {config.inference.checkpoint} on {url_of(sock)}/ (loading the model)", flush=True)
     # uvicorn drains on SIGTERM, then raises the signal again under the handler it found; with
     # this one in place a drained server exits 0 instead of dying by the signal.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

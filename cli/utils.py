@@ -13,6 +13,8 @@ Exit codes: 0 success, 2 bad input (config, data, prompt, checkpoint, tokenizer 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -89,3 +91,12 @@ def run_cli(
             traceback.print_exc()
         report_error(prog, f"{type(err).__name__}: {err} (rerun with --debug for the traceback)")
         return EXIT_RUNTIME
+
+
+def print_result_records(results: Sequence[object], shared: dict) -> None:
+    """One JSON line per benchmark result (a dataclass): the run's shared parameters as
+    `params.*`, the result's fields as `metrics.*`."""
+    for result in results:
+        record = {f"params.{k}": v for k, v in shared.items()}
+        record |= {f"metrics.{k}": v for k, v in dataclasses.asdict(result).items()}
+        print(json.dumps(record), flush=True)

@@ -1,22 +1,20 @@
 """Shared pieces of the serving tests: a tiny saved model and a live uvicorn server on a free
-127.0.0.1 port, run in a thread and always stopped."""
+127.0.0.1 port, run in a thread."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import uvicorn
 
-from cli.serve import bind
 from config.schemas import ModelConfig
 from config.serve import ServeConfig
 from diffusionlm.inference.predictor import Predictor
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.serving.app import create_app
+from diffusionlm.serving.listen import BackgroundServer
 from diffusionlm.tokenizer.io import load_tokenizer
 from diffusionlm.training.export import export_safetensors
 
@@ -48,21 +46,11 @@ def serve_config(export_dir: Path, **server) -> ServeConfig:
     })
 
 
-class LiveServer:
-    """uvicorn serving `create_app(config, load)` in a background thread."""
+class LiveServer(BackgroundServer):
+    """`create_app(config, load)` served from a thread."""
 
     def __init__(self, config: ServeConfig, load: Callable[[], Predictor] | None = None) -> None:
-        sock = bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.app = create_app(config, load)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + TIMEOUT_S
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
+        super().__init__(create_app(config, load), timeout_s=TIMEOUT_S)
 
     @property
     def state(self):
@@ -74,10 +62,6 @@ class LiveServer:
             if time.monotonic() > deadline or self.state.load_error is not None:
                 raise RuntimeError(f"the model did not load: {self.state.load_error}")
             time.sleep(0.02)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(TIMEOUT_S)
 
 
 def metric(text: str, name: str) -> float:

@@ -71,7 +71,7 @@ def test_sigterm_lets_every_accepted_request_finish(tmp_path):
         prompt_tokens = sum(len(BUILTIN.encode(f"Story {i}")) for i in range(count))
 
         def call(i: int) -> None:
-            body = {"prompt": f"Story {i}", "max_tokens": 64, "steps": 64, "block_length": 16, "seed": i}
+            body = {"prompt": f"Story {i}", "max_tokens": 32, "steps": 32, "block_length": 16, "seed": i}
             results[i] = httpx.post(url + "/v1/completions", json=body, timeout=TIMEOUT_S)
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]

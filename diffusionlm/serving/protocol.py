@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.io import validate_config
-from config.schemas import InferenceConfig
+from config.schemas import InferenceConfig, KVCacheMode, RemaskingStrategy
 from diffusionlm.errors import InputError
 
 
@@ -58,9 +58,9 @@ class CompletionRequest(BaseModel):
     # diffusion extras
     steps: int | None = Field(None, gt=0)
     block_length: int | None = Field(None, gt=0)
-    remasking: Literal["low_confidence", "random", "margin", "entropy"] | None = None
+    remasking: RemaskingStrategy | None = None
     threshold: float | None = Field(None, gt=0, le=1)
-    kv_cache: Literal["none", "prefix", "dual"] | None = None
+    kv_cache: KVCacheMode | None = None
     cfg_scale: float | None = Field(None, ge=0)
     stream_canvas: bool = Field(False, description="stream the whole canvas after every step (masks as null)")
 

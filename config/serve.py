@@ -20,7 +20,8 @@ class ServerConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="0: any free port (the URL is printed)")
     model_name: str | None = Field(None, description="id in /v1/models; defaults to the run directory's name")
     max_batch_size: int = Field(8, gt=0, description="most sequences (prompts x n) decoded in one sampler call")
-    max_wait_ms: float = Field(20.0, ge=0, description="how long the first queued request waits for company")
+    max_wait_ms: float = Field(20.0, ge=0, description="how long the oldest queued request waits for company "
+                               "(counted from its arrival or from the end of the last sampler call, the later)")
     max_queue: int = Field(256, gt=0, description="queued sequences beyond which requests get 429")
     default_max_tokens: int = Field(16, gt=0, description="max_tokens of a request that leaves it out (OpenAI's 16)")
     max_n: int = Field(16, gt=0, description="largest n (choices per prompt) a request may ask for")

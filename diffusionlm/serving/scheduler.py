@@ -1,10 +1,13 @@
 """Continuous request batching: concurrent requests with the same sampler settings share one
 left-padded sampler call.
 
-Requests wait in one FIFO queue. The scheduler takes the oldest, lets it wait up to
-`max_wait_s` for company (or less, once `max_batch_size` sequences are ready), gathers every
-queued request with equal settings that still fits, and hands the batch to the one sampler
-thread. Requests with other settings wait for a later call; nothing overtakes the oldest
+Requests wait in one FIFO queue. The scheduler takes the oldest, lets it wait for company
+until `max_batch_size` sequences are ready or `max_wait_s` has passed since it arrived or since
+the sampler became free, whichever is later, gathers every queued request with equal settings
+that still fits, and hands the batch to the one sampler thread. Counting from the moment the
+sampler frees up matters for clients that send their next request when the last one returns:
+without it, the requests queued during a call leave without the ones that call has just
+answered, and the clients settle into two half-size cohorts that take turns. Requests with other settings wait for a later call; nothing overtakes the oldest
 request. A request whose client went away is dropped from the queue; one already in a sampler
 call has its output discarded, and the call stops early once all of its clients are gone.
 """
@@ -71,6 +74,7 @@ class BatchScheduler:
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self._pending: list[Job] = []
         self._arrived = asyncio.Event()
+        self._free_since = 0.0  # perf_counter() when the last sampler call ended
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler")
 
     @property
@@ -114,7 +118,7 @@ class BatchScheduler:
             first = self._pending[0]
             while first in self._pending:
                 batch = self._batch_for(first)
-                left = first.enqueued_at + self.max_wait_s - time.perf_counter()
+                left = max(first.enqueued_at, self._free_since) + self.max_wait_s - time.perf_counter()
                 if sum(len(job.rows) for job in batch) >= self.max_batch_size or left <= 0:
                     for job in batch:
                         self._pending.remove(job)
@@ -138,6 +142,7 @@ class BatchScheduler:
                 await loop.run_in_executor(self._executor, self.run_batch, batch)
             finally:
                 self.metrics.running.set(0)
+                self._free_since = time.perf_counter()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

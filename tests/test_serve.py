@@ -189,6 +189,7 @@ BAD_REQUESTS = [
     (dict(max_tokens=8, extra_body={"stream_canvas": True}), "stream_canvas"),
     (dict(max_tokens=8, n=99), "max_n"),
     (dict(prompt="a <|mask|> b", max_tokens=8), "mask token"),
+    (dict(prompt=[], max_tokens=8), "prompt"),
 ]
 
 

@@ -216,6 +216,12 @@ def create_app(config: ServeConfig, load: Callable[[], Predictor] | None = None,
         state.metrics.requests.labels(_STATUS_LABELS.get(err.status, "error")).inc()
         return JSONResponse(err.body(), status_code=err.status)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, err: Exception) -> JSONResponse:
+        logger.exception("request failed")
+        state.metrics.requests.labels("error").inc()
+        return JSONResponse(APIError(500, f"{type(err).__name__}: {err}", type="server_error").body(), status_code=500)
+
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:
         return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)

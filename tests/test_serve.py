@@ -203,6 +203,12 @@ def test_bad_input_is_a_400_with_openai_error_json(client, kwargs, fragment):
     assert caught.value.body["type"] == "invalid_request_error"
 
 
+def test_a_bad_field_is_named_in_param(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        complete(client, max_tokens=8, temperature=-1.0)
+    assert caught.value.body["param"] == "temperature"
+
+
 def test_malformed_json_and_unknown_model_and_path(server, client):
     response = httpx.post(server.url + "/v1/completions", content=b"{not json", timeout=TIMEOUT_S)
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]

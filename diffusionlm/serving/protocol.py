@@ -12,11 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from config.io import validate_config
+from config.io import format_validation_error
 from config.schemas import InferenceConfig, KVCacheMode, RemaskingStrategy
-from diffusionlm.errors import InputError
 
 
 class APIError(Exception):
@@ -100,23 +99,27 @@ class SamplerSettings:
         return (self.gen_length, *sorted(self.inference.model_dump(mode="json").items()))
 
 
+def _validate(schema: type[BaseModel], data: dict) -> BaseModel:
+    """`schema` from `data`, or a 400 whose message and `param` name the first bad field."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        location = err.errors()[0]["loc"]
+        raise APIError(400, format_validation_error(err, "request"),
+                       param=str(location[0]) if location else None) from None
+
+
 def parse_request(body: object) -> CompletionRequest:
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    try:
-        return validate_config(CompletionRequest, body, "request")
-    except InputError as err:  # one line naming the field
-        raise APIError(400, str(err)) from None
+    return _validate(CompletionRequest, body)
 
 
 def sampler_settings(request: CompletionRequest, defaults: InferenceConfig, default_max_tokens: int
                      ) -> SamplerSettings:
     """The server defaults overridden by the request's sampler fields, validated together."""
     overrides = {name: getattr(request, name) for name in _SAMPLER_FIELDS if name in request.model_fields_set}
-    try:
-        inference = validate_config(InferenceConfig, defaults.model_dump() | overrides, "request")
-    except InputError as err:
-        raise APIError(400, str(err)) from None
+    inference = _validate(InferenceConfig, defaults.model_dump() | overrides)
     return SamplerSettings(inference, request.max_tokens or default_max_tokens)
 
 

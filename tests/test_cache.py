@@ -65,9 +65,9 @@ def test_cache_is_refreshed_at_each_block_boundary(model):
 
 def test_no_cache_and_no_threshold_is_the_baseline_exactly(model):
     prompt = torch.randint(0, 60, (1, 6), generator=torch.Generator().manual_seed(3))
-    kwargs = dict(steps=32, gen_length=64, block_length=16, cfg_scale=0.0)
-    expected = reference_generate(model, prompt, mask_id=MASK_ID, **kwargs)
-    result = generate(model, prompt, mask_id=MASK_ID, kv_cache="none", threshold=None, **kwargs)
+    expected = reference_generate(model, prompt, schedule=[[2] * 8] * 4, cfg_scale=0.0, mask_id=MASK_ID)
+    result = generate(model, prompt, steps=32, gen_length=64, block_length=16, cfg_scale=0.0, mask_id=MASK_ID,
+                      kv_cache="none", threshold=None)
     assert torch.equal(result.tokens, expected)
 
 

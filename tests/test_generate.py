@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,24 +33,19 @@ def model() -> TransformerLM:
     return small_model()
 
 
-def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_scale, mask_id):
+def reference_generate(model, prompt, *, schedule, cfg_scale, mask_id):
     """LLaDA's generate() at temperature 0 with low_confidence remasking, written out plainly
-    for one prompt, plus the documented rules: the mask id is never sampled, the last block may
-    be shorter, and steps are shared over blocks in proportion to their length."""
+    for one prompt, plus the documented rule that the mask id is never sampled. `schedule` is
+    the hand-computed plan: per block, the number of tokens each of its steps commits."""
     prompt_length = prompt.shape[1]
+    gen_length = sum(sum(block) for block in schedule)
     x = torch.full((1, prompt_length + gen_length), mask_id, dtype=torch.long)
     x[:, :prompt_length] = prompt
     prompt_index = x != mask_id
-    num_blocks = math.ceil(gen_length / block_length)
-    block_ends = [min((b + 1) * block_length, gen_length) for b in range(num_blocks)]
-    step_marks = [0] + [steps * end // gen_length for end in block_ends]
-    for b in range(num_blocks):
-        start = prompt_length + b * block_length
-        end = prompt_length + block_ends[b]
-        block_steps = min(step_marks[b + 1] - step_marks[b], end - start)
-        masked = end - start
-        per_step = [masked // block_steps + (1 if i < masked % block_steps else 0) for i in range(block_steps)]
-        for i in range(block_steps):
+    end = prompt_length
+    for per_step in schedule:
+        end += sum(per_step)
+        for count in per_step:
             mask_index = x == mask_id
             if cfg_scale > 0:
                 un_x = x.clone()
@@ -68,28 +61,48 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
             x0_p[:, end:] = float("-inf")
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, torch.tensor(float("-inf"), dtype=torch.float64))
-            select = torch.topk(confidence[0], k=per_step[i]).indices
+            select = torch.topk(confidence[0], k=count).indices
             x[0, select] = x0[0, select]
     return x
 
 
-GRID = [(gen, block, steps, cfg)
-        for gen in (32, 64, 100)
-        for block in (8, 32, gen)
-        for steps in (gen, gen // 2)
-        for cfg in (0.0, 1.5)]
+# (gen_length, block_length, steps) -> per block, the tokens committed at each of its steps,
+# worked out by hand: blocks of block_length (the last one shorter), steps shared in proportion
+# to block length and never more than a block's tokens, each block's masks split evenly over
+# its steps with the remainder going to the earliest steps.
+SCHEDULES = {
+    (32, 8, 32): [[1] * 8] * 4,
+    (32, 8, 16): [[2] * 4] * 4,
+    (32, 32, 32): [[1] * 32],
+    (32, 32, 16): [[2] * 16],
+    (64, 8, 64): [[1] * 8] * 8,
+    (64, 8, 32): [[2] * 4] * 8,
+    (64, 32, 64): [[1] * 32] * 2,
+    (64, 32, 32): [[2] * 16] * 2,
+    (64, 64, 32): [[2] * 32],
+    (100, 8, 100): [[1] * 8] * 12 + [[1] * 4],
+    (100, 8, 50): [[2] * 4] * 12 + [[2] * 2],
+    (100, 32, 100): [[1] * 32] * 3 + [[1] * 4],
+    (100, 32, 50): [[2] * 16] * 3 + [[2] * 2],
+    (100, 100, 50): [[2] * 50],
+    (21, 8, 10): [[3, 3, 2], [2, 2, 2, 2], [2, 2, 1]],  # 10 steps: 3 + 4 + 3; remainders first
+    (30, 8, 11): [[4, 4], [3, 3, 2], [3, 3, 2], [2, 2, 2]],  # step marks 11 * (8, 16, 24, 30) // 30 = 2, 5, 8, 11
+    (10, 4, 20): [[1] * 4, [1] * 4, [1] * 2],  # 8 + 8 + 4 steps capped at each block's length
+}
+GRID = [(*key, cfg) for key in SCHEDULES for cfg in (0.0, 1.5)]
 
 
 @torch.no_grad()
 @pytest.mark.parametrize(("gen_length", "block_length", "steps", "cfg_scale"), GRID)
 def test_greedy_low_confidence_matches_reference_semantics(model, gen_length, block_length, steps, cfg_scale):
+    schedule = SCHEDULES[gen_length, block_length, steps]
     prompt = torch.randint(0, 60, (1, 7), generator=torch.Generator().manual_seed(gen_length + steps))
-    expected = reference_generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                                  cfg_scale=cfg_scale, mask_id=MASK_ID)
+    expected = reference_generate(model, prompt, schedule=schedule, cfg_scale=cfg_scale, mask_id=MASK_ID)
     result = generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
                       cfg_scale=cfg_scale, mask_id=MASK_ID)
+    assert result.committed_per_step == [count for block in schedule for count in block]
+    assert result.nfe == sum(len(block) for block in schedule)
     assert torch.equal(result.tokens, expected)
-    assert result.nfe == sum(plan.steps for plan in result.blocks)
 
 
 def test_committed_tokens_never_change(model):

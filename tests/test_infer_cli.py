@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import sys
+import threading
 
 import pytest
 import torch
 
-from cli.infer import main
+from cli.infer import MASK_PLACEHOLDER, main
 from config.schemas import ModelConfig
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.io import load_tokenizer
@@ -74,6 +79,44 @@ def test_export_and_checkpoint_give_the_same_text(run_dir, capsys):
 def test_stream_off_a_terminal_prints_no_control_codes(run_dir, capsys):
     assert main(infer(run_dir, "--stream")) == 0
     assert "\x1b" not in capsys.readouterr().out
+
+
+def run_on_a_terminal(argv: list[str], monkeypatch) -> tuple[int, str]:
+    """Run the CLI with stdout on a real pseudo-terminal; returns its exit code and everything
+    the terminal received. A thread drains the terminal so a long stream cannot fill it."""
+    master, slave = pty.openpty()
+    terminal = os.fdopen(slave, "w", encoding="utf-8")
+    received = bytearray()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):  # EIO once the slave side is closed
+            while chunk := os.read(master, 65536):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    try:
+        code = main(argv)
+    finally:
+        monkeypatch.undo()
+        terminal.close()
+        reader.join(timeout=30)
+        os.close(master)
+    assert not reader.is_alive()
+    return code, received.decode("utf-8").replace("\r\n", "\n")
+
+
+def test_stream_on_a_terminal_redraws_the_canvas_after_every_step(run_dir, monkeypatch):
+    code, shown = run_on_a_terminal(infer(run_dir, "--stream", "--prompt", "Once"), monkeypatch)
+    assert code == 0
+    record = json.loads(shown.strip().splitlines()[-1])
+    assert shown.startswith("Once\x1b[s")  # the prompt, then the cursor is saved where the canvas starts
+    redraws = shown.split("\x1b[u\x1b[J")  # restore the cursor, clear to the end: one per step, one at the end
+    assert len(redraws) == record["metrics.nfe"] + 2
+    assert redraws[1].count(MASK_PLACEHOLDER) >= 16  # after the first of 16 steps nearly all ~38 are masks
+    assert "\x1b" not in redraws[-1]  # the final text is printed plainly after the canvas is cleared
+    assert redraws[-1].startswith(record["text.output"])
 
 
 def expect_input_error(capsys, argv: list[str], *fragments: str) -> None:

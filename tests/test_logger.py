@@ -37,6 +37,8 @@ def test_rank_zero_console_logs(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_wandb_offline_run_holds_logged_keys(tmp_path, monkeypatch):
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -48,6 +50,10 @@ def test_wandb_offline_run_holds_logged_keys(tmp_path, monkeypatch):
         log.log({"metrics.loss": 3.0 - step, "metrics.lr": 1e-3}, step=step)
     log.log_artifact(artifact, name="tokenizer", type="tokenizer")
     log.finish()
+    # finish() only tells W&B's service process that the run is over; that process closes (and
+    # so flushes) the transaction log on its own time, so right after finish() the file may hold
+    # just its 7-byte header. teardown() waits for the service process to exit.
+    wandb.teardown()
     run_dirs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
     (records,) = run_dirs[0].glob("*.wandb")  # the offline transaction log `wandb sync` uploads

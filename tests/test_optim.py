@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from config.schemas import ModelConfig, OptimizerConfig
+from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.training.optim import (
     NS_COEFFICIENTS,
     AdamW,
@@ -273,8 +274,7 @@ def test_muon_groups_carry_name_max_lr_and_their_config():
 
 @pytest.mark.parametrize("optimizer_name", ["adamw", "muon"])
 def test_every_parameter_of_the_real_transformer_is_in_exactly_one_group(optimizer_name):
-    transformer = pytest.importorskip("diffusionlm.models.transformer")
-    model = transformer.TransformerLM(ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2,
+    model = TransformerLM(ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2,
                                                   num_heads=4, d_ff=64, mask_token_id=63, eot_token_id=62))
     groups = build_param_groups(model, OptimizerConfig(optimizer_name=optimizer_name))
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

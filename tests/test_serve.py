@@ -80,8 +80,9 @@ def test_a_completion_has_openai_shape_and_the_sampler_text(client, export_dir):
     assert completion.usage.prompt_tokens == len(prompt_ids)
     assert 0 < completion.usage.completion_tokens <= 12
     predictor = Predictor.load(export_dir, "cpu")
-    expected = predictor.sample(PROMPT, InferenceConfig(checkpoint=export_dir, steps=8, block_length=8,
-                                                       total_length=len(prompt_ids) + 12, device="cpu"))
+    inference = InferenceConfig(checkpoint=export_dir, steps=8, block_length=8, total_length=len(prompt_ids) + 12,
+                                device="cpu")
+    expected = predictor.sample_ids(predictor.encode_prompts([PROMPT], inference), inference, prompts=[PROMPT])
     assert choice.text == expected.completions[0].text
     assert completion.model_extra["diffusion"]["nfe"] == 8
 

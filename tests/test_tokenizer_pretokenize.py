@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from diffusionlm.tokenizer.pretokenize import count_pretokens, pretokenize, special_token_regex
+from diffusionlm.tokenizer.pretokenize import count_pretokens, find_pretokens, special_token_regex, split_special_tokens
+
+
+def pretokenize(text: str, special_regex=None) -> list[str]:
+    """Every pre-token of `text` in order, special tokens kept whole, as the encoder sees them."""
+    return [token for piece, is_special in split_special_tokens(text, special_regex)
+            for token in ([piece] if is_special else find_pretokens(piece))]
 
 
 def test_gpt2_split_keeps_leading_space_and_contractions():

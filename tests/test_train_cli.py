@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_fixtures import REPO_ROOT, builtin_special_ids, write_tiny_toml
+from test_train_fixtures import builtin_special_ids, write_tiny_toml
 
 from cli.bench_train import main as bench_main
 from cli.train import main as train_main
 from config.bench_train import BenchTrainConfig
 from config.io import load_config, resource_path
 from config.train import TrainConfig
-
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
 
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
@@ -65,12 +62,10 @@ def test_shipped_quickstart_config_validates_and_dry_runs(capsys):
     assert "parameters" in capsys.readouterr().out
 
 
-def test_shipped_tinystories_config_validates():
-    if not (SHARED_DATA / "gpt2_vocab.json").is_file():
-        pytest.skip("../shared/data GPT-2 tokenizer files are absent")
+def test_shipped_tinystories_config_validates(shared_data):
     config = load_config(TrainConfig, resource_path("train_tinystories.toml"), [
-        f"data.tokenizer.vocab_path={SHARED_DATA / 'gpt2_vocab.json'}",
-        f"data.tokenizer.merges_path={SHARED_DATA / 'gpt2_merges.txt'}"])
+        f"data.tokenizer.vocab_path={shared_data / 'gpt2_vocab.json'}",
+        f"data.tokenizer.merges_path={shared_data / 'gpt2_merges.txt'}"])
     assert config.model.mask_token_id == 50257 and config.model.vocab_size == 50304
 
 
@@ -85,16 +80,15 @@ def test_bench_with_missing_reference_exits_2_naming_it(tmp_path, capsys):
     assert str(missing) in _one_line_error(capsys)
 
 
-def test_hub_recipe_without_network_exits_2_with_one_line_before_building_the_model(tmp_path, monkeypatch, capsys):
-    if not (SHARED_DATA / "gpt2_vocab.json").is_file():
-        pytest.skip("../shared/data is not present beside the checkout")
+def test_hub_recipe_without_network_exits_2_with_one_line_before_building_the_model(tmp_path, monkeypatch, capsys,
+                                                                                    shared_data):
     # An endpoint on a closed local port stands in for "no network", whatever this machine has.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     code = train_main(["--config", str(resource_path("train_tinystories.toml")),
-                       "--set", f"data.tokenizer.vocab_path=\"{SHARED_DATA / 'gpt2_vocab.json'}\"",
-                       "--set", f"data.tokenizer.merges_path=\"{SHARED_DATA / 'gpt2_merges.txt'}\"",
+                       "--set", f"data.tokenizer.vocab_path=\"{shared_data / 'gpt2_vocab.json'}\"",
+                       "--set", f"data.tokenizer.merges_path=\"{shared_data / 'gpt2_merges.txt'}\"",
                        "--set", "training.device=\"cpu\"", "--set", "data.hub_timeout_s=2",
                        "--set", f"checkpoint.runs_path=\"{tmp_path / 'runs'}\""])
     assert code == 2

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_fixtures import REPO_ROOT, tiny_config
+from test_train_fixtures import tiny_config
 
 from diffusionlm.training.trainer import build_trainer, run_training
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
 @pytest.mark.slow
-def test_diffusion_validation_loss_falls_on_tinystories(tmp_path):
-    train_file, valid_file = SHARED_DATA / "tinystories_train.txt", SHARED_DATA / "tinystories_valid.txt"
-    if not (train_file.is_file() and valid_file.is_file()):
-        pytest.skip("../shared/data TinyStories files are absent")
+def test_diffusion_validation_loss_falls_on_tinystories(tmp_path, shared_data):
+    train_file, valid_file = shared_data / "tinystories_train.txt", shared_data / "tinystories_valid.txt"
     torch.set_num_threads(2)
     config = tiny_config(
         tmp_path,

@@ -10,7 +10,6 @@ import torch
 from test_train_fixtures import tiny_config
 
 from config.schemas import ModelConfig, OptimizerConfig
-from diffusionlm.diffusion.elbo import evaluate_perplexity
 from diffusionlm.diffusion.forward_process import apply_mask
 from diffusionlm.diffusion.loss import masked_token_loss
 from diffusionlm.models.transformer import TransformerLM
@@ -20,6 +19,7 @@ from diffusionlm.training.loop import NonFiniteLossError, StepSettings, train_st
 from diffusionlm.training.objective import DiffusionObjective
 from diffusionlm.training.optim import build_optimizer
 from diffusionlm.training.trainer import build_trainer, run_training
+from diffusionlm.training.validation import Validator
 
 SPEC_KEYS = ("metrics.loss", "metrics.lr", "metrics.grad_l2_norm", "metrics.tokens_per_s", "metrics.mask_ratio",
              "metrics.data_wait_frac")
@@ -101,18 +101,23 @@ def test_validation_is_identical_for_the_same_model(tmp_path):
     trainer.train_batches.close()
 
 
-def test_validation_metrics_come_from_the_eval_estimator(tmp_path):
-    trainer = build_trainer(tiny_config(tmp_path))
-    validator = trainer.validator
-    metrics = validator.evaluate(trainer.model)
-    report = evaluate_perplexity(
-        trainer.model.eval(), validator.batches, method="elbo", mask_id=trainer.config.model.mask_token_id,
-        count_bytes=lambda ids: trainer.tokenizer.count_text_bytes(ids.tolist()),
-        max_sequences=validator.num_sequences, num_samples=1, noise_epsilon=trainer.config.training.noise_epsilon,
-        generator=torch.Generator().manual_seed(validator.seed))
-    assert metrics == {"metrics.val_loss": report.nll_per_token, "metrics.val_elbo_ppl": report.perplexity,
-                       "metrics.val_bpb": report.bits_per_byte}
-    trainer.train_batches.close()
+@pytest.mark.parametrize("causal", [False, True])
+def test_validation_of_a_uniform_model_costs_log_vocab_nats_per_token(causal):
+    """A zero LM head predicts every token with probability 1/V, so each scored token costs
+    ln V nats: val_loss = ln 40, val_elbo_ppl = 40 and, at 2 bytes per token, val_bpb =
+    log2(40) / 2. The diffusion bound is exact here too: with noise_epsilon = 1 - 1e-9 every
+    token is masked and weighted 1/p = 1 (a causal model scores all but the first token)."""
+    model = TransformerLM(ModelConfig(vocab_size=40, context_length=8, d_model=16, num_layers=1, num_heads=2,
+                                      d_ff=32, mask_token_id=39, eot_token_id=38, causal=causal))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    batches = [torch.randint(0, 38, (4, 8), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    validator = Validator(iter(batches), 2, causal=causal, mask_id=39, noise_epsilon=1 - 1e-9,
+                          count_text_bytes=lambda ids: 2 * len(ids), seed=0, device=torch.device("cpu"),
+                          autocast=contextlib.nullcontext, source="test")
+    assert validator.num_sequences == 8
+    assert validator.evaluate(model) == pytest.approx(
+        {"metrics.val_loss": 3.6888794541, "metrics.val_elbo_ppl": 40.0, "metrics.val_bpb": 2.6609640474})
 
 
 def test_max_train_iteration_counts_micro_steps_with_gradient_accumulation(tmp_path):

@@ -77,14 +77,13 @@ class BlockDenoiser:
 
     With guidance the conditional and unconditional canvases go through the model as one
     doubled batch and are combined as un + (w + 1) * (cond - un); that is one forward pass,
-    and the cache simply holds both halves. `nfe` counts forward passes.
+    and the cache simply holds both halves. `nfe` counts forward passes. `kv_cache` is one of
+    `KV_CACHE_MODES`; `generate` checks it, with the other sampling arguments, before any work.
     """
 
     def __init__(self, model: nn.Module, *, kv_cache: str, cfg_scale: float, mask_id: int,
                  prompt_mask: torch.Tensor, attention_mask: torch.Tensor | None,
                  positions: torch.Tensor | None) -> None:
-        if kv_cache not in KV_CACHE_MODES:
-            raise ValueError(f"kv_cache must be one of {KV_CACHE_MODES}, got {kv_cache!r}")
         self.model, self.mode, self.cfg_scale, self.mask_id = model, kv_cache, cfg_scale, mask_id
         self.prompt_mask = prompt_mask
         length = prompt_mask.shape[1]

@@ -245,18 +245,13 @@ class Predictor:
                                  f"total_length ({inference.total_length}); shorten it or raise total_length")
         return encoded
 
-    def sample(self, prompts: str | list[str], inference: InferenceConfig,
-               on_step: Callable[[StepInfo], None] | None = None) -> SampleResult:
-        """Generate a continuation of each prompt (a left-padded batch when there are several)."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return self.sample_ids(self.encode_prompts(prompts, inference), inference, on_step, prompts=prompts)
-
     def sample_ids(self, encoded: list[list[int]], inference: InferenceConfig,
                    on_step: Callable[[StepInfo], None] | None = None, *, prompts: list[str] | None = None,
                    seeds: list[int] | None = None) -> SampleResult:
-        """Like `sample`, from prompts already tokenized. `seeds` (one per prompt) gives each row
-        its own generator, so a row's text does not depend on the rest of the batch; without
-        them one generator seeded with `inference.seed` serves the batch."""
+        """Generate a continuation of each tokenized prompt (`encode_prompts`; a left-padded batch
+        when there are several). `seeds` (one per prompt) gives each row its own generator, so a
+        row's text does not depend on the rest of the batch; without them one generator seeded
+        with `inference.seed` serves the batch."""
         mask_id, eos_id = self.mask_id(inference), self.eos_id(inference)
         width = max(map(len, encoded))
         prompt_ids = torch.tensor([[eos_id] * (width - len(ids)) + ids for ids in encoded], dtype=torch.long,

@@ -118,17 +118,6 @@ def split_special_tokens(text: str, special_regex: regex.Pattern | None) -> Iter
         yield text[start:], False
 
 
-def pretokenize(text: str, special_regex: regex.Pattern | None = None) -> list[str]:
-    """All pre-tokens of `text`, special tokens kept whole (handy for tests and inspection)."""
-    pieces: list[str] = []
-    for piece, is_special in split_special_tokens(text, special_regex):
-        if is_special:
-            pieces.append(piece)
-        else:
-            pieces.extend(find_pretokens(piece))
-    return pieces
-
-
 def count_pretokens(text: str, special_regex: regex.Pattern | None) -> Counter[str]:
     """How often each ordinary pre-token occurs; special tokens are dropped (they are never merged)."""
     counts: Counter[str] = Counter()

@@ -26,11 +26,6 @@ def _global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def grad_l2_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of all gradients taken together (params without a grad are skipped); 0 if none."""
-    return _global_norm(_grads(params))
-
-
 def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale gradients in place so their global L2 norm is at most max_norm.
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +16,13 @@ from test_train_fixtures import tiny_config, write_tiny_toml
 from cli.train import main as train_main
 from diffusionlm.errors import InputError
 from diffusionlm.training.trainer import build_trainer, run_training
-from diffusionlm.utils.checkpoint import load_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
+from diffusionlm.utils.checkpoint import (
+    load_checkpoint,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    remove_unfinished_saves,
+    save_checkpoint,
+)
 from diffusionlm.utils.run_layout import checkpoint_path, list_checkpoints
 
 
@@ -96,6 +105,78 @@ def test_latest_with_corrupt_newest_names_it_and_the_previous_good_one(tmp_path)
     assert load_checkpoint(good)["step"] == 1
 
 
+def flip_a_byte_inside_a_tensor(path) -> None:
+    """Invert one byte in the middle of the first tensor record's data, as a failing disk would."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(info for info in archive.infolist() if "/data/" in info.filename and info.file_size >= 8)
+    with open(path, "r+b") as handle:
+        handle.seek(record.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+        position = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
+        handle.seek(position)
+        byte = handle.read(1)[0]
+        handle.seek(position)
+        handle.write(bytes([byte ^ 0xFF]))
+
+
+def test_a_flipped_byte_inside_a_tensor_is_refused_naming_the_newest_good_checkpoint(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(checkpoint_path(tmp_path, step), _payload(step))
+    flip_a_byte_inside_a_tensor(checkpoint_path(tmp_path, 3))
+    flip_a_byte_inside_a_tensor(checkpoint_path(tmp_path, 2))
+    with pytest.raises(InputError) as err:
+        load_latest_checkpoint(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{checkpoint_path(tmp_path, 3)}: corrupt checkpoint: checksum mismatch in record")
+    assert message.endswith(f"the newest good checkpoint is {checkpoint_path(tmp_path, 1)} "
+                            f"(pass it explicitly: --resume {checkpoint_path(tmp_path, 1)})")
+
+
+def test_resume_from_a_checkpoint_with_a_flipped_byte_exits_2(finished_run, tmp_path, capsys):
+    run_dir, config_path = finished_run
+    older, newest = list_checkpoints(run_dir)
+    flipped = tmp_path / "checkpoints" / newest.name
+    flipped.parent.mkdir()
+    flipped.write_bytes(newest.read_bytes())
+    flip_a_byte_inside_a_tensor(flipped)
+    assert train_main(["--config", str(config_path), "--resume", str(flipped)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{flipped}: corrupt checkpoint: checksum mismatch" in err
+    assert f"there is no other good checkpoint in {flipped.parent}" in err
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+@pytest.mark.parametrize("content", ["random bytes", "a pickled callable"])
+def test_unloadable_checkpoint_never_suggests_weights_only_false(tmp_path, content):
+    path = checkpoint_path(tmp_path, 1)
+    path.parent.mkdir(parents=True)
+    if content == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    else:
+        torch.save(_payload(1) | {"metrics": {"x": RunsCode()}}, path)
+    with pytest.raises(InputError) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value) and "weights_only" not in str(err.value)
+    if content == "a pickled callable":
+        assert "refused: the file holds Python objects that are not tensors or plain data" in str(err.value)
+
+
+def test_unfinished_saves_are_removed_and_only_they(tmp_path):
+    save_checkpoint(checkpoint_path(tmp_path, 1), _payload(1))
+    folder = checkpoint_path(tmp_path, 1).parent
+    unfinished = [folder / ".step_00000002.pt.abc123.tmp", folder / ".step_00000003.pt.x_y.tmp"]
+    for path in unfinished:
+        path.write_bytes(b"\0" * 100)
+    other = folder / ".notes.txt.abc.tmp"
+    other.write_text("not a checkpoint save")
+    assert sorted(remove_unfinished_saves(tmp_path)) == unfinished
+    assert sorted(p.name for p in folder.iterdir()) == [".notes.txt.abc.tmp", "step_00000001.pt"]
+
+
 def test_resume_from_corrupt_checkpoint_exits_2_and_keeps_the_previous_one(finished_run, tmp_path, capsys):
     run_dir, config_path = finished_run
     older, newest = list_checkpoints(run_dir)
@@ -106,6 +187,30 @@ def test_resume_from_corrupt_checkpoint_exits_2_and_keeps_the_previous_one(finis
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(corrupt) in err and "corrupt or truncated" in err
     assert older.read_bytes() == older_bytes
+
+
+def test_resume_latest_before_the_first_checkpoint_starts_the_run_with_a_notice(tmp_path, capsys):
+    config_path = write_tiny_toml(tmp_path / "tiny.toml", tmp_path / "runs",
+                                  training={"skip_validation": True, "max_train_iteration": 4})
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)  # killed before its first save: config.toml, no checkpoint
+    assert train_main(["--config", str(config_path), "--resume", "latest"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"--resume latest: {tmp_path / 'runs' / 'tiny'} has no checkpoint yet; starting the run "
+                          f"from the beginning\n")
+    assert [p.name for p in list_checkpoints(tmp_path / "runs" / "tiny")] == ["step_00000004.pt"]
+
+
+def test_finished_run_resumed_after_its_export_was_deleted_names_its_final_checkpoint(finished_run, tmp_path,
+                                                                                     capsys):
+    run_dir, config_path = finished_run
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / run_dir.name)
+    shutil.rmtree(runs / run_dir.name / "export")
+    assert train_main(["--config", str(config_path), "--set", f"checkpoint.runs_path={json.dumps(str(runs))}",
+                       "--resume", "latest"]) == 0
+    err = capsys.readouterr().err
+    assert f"final checkpoint: {runs / run_dir.name / 'checkpoints' / 'step_00000012.pt'}\n" in err
+    assert (runs / run_dir.name / "export" / "model.safetensors").is_file()
 
 
 def test_checkpoint_from_another_model_config_is_rejected_naming_the_field(finished_run):

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL and resumed with `--resume latest` ends bit-identical to an uninterrupted one."""
+"""A run killed with SIGKILL and resumed with `--resume latest` ends bit-identical to an uninterrupted one,
+and leaves no temp file of an interrupted save behind."""
 
 from __future__ import annotations
 
@@ -21,10 +22,25 @@ from diffusionlm.utils.run_layout import list_checkpoints
 TRAINING = {"max_train_iteration": 120, "ckpting_save_iter": 5, "val_freq_iteration": 20}
 
 
-def _train(config: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cli.train", "--config", str(config), *extra], cwd=REPO_ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def train():
+    """Starts `diffusionlm-train` processes, each in its own process group; whatever still runs
+    when the test ends (a failed assertion, a timeout) is killed with its group."""
+    started: list[subprocess.Popen] = []
+
+    def start(config: Path, *extra: str) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        process = subprocess.Popen([sys.executable, "-m", "cli.train", "--config", str(config), *extra],
+                                   cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
 
 
 def _finish(process: subprocess.Popen) -> list[dict]:
@@ -42,12 +58,12 @@ def _val_losses(lines: list[dict]) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumed_from_latest_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+def test_sigkilled_run_resumed_from_latest_is_bit_identical_to_an_uninterrupted_run(tmp_path, train):
     straight = write_tiny_toml(tmp_path / "straight.toml", tmp_path / "straight", training=TRAINING)
     killed = write_tiny_toml(tmp_path / "killed.toml", tmp_path / "killed", training=TRAINING)
-    reference = _train(straight)
+    reference = train(straight)
 
-    victim = _train(killed)
+    victim = train(killed)
     checkpoints = tmp_path / "killed" / "tiny" / "checkpoints"
     # Kill as soon as a checkpoint at or past a random early step exists: the run is then
     # somewhere between two checkpoints, far from its end, whatever the machine's speed.
@@ -63,8 +79,12 @@ def test_sigkilled_run_resumed_from_latest_is_bit_identical_to_an_uninterrupted_
     victim.wait()
     killed_at = load_checkpoint(list_checkpoints(checkpoints.parent)[-1])["step"]
     assert killed_at < TRAINING["max_train_iteration"]
+    # What a kill in the middle of a save leaves: the temp file the save was writing.
+    unfinished = checkpoints / f".step_{killed_at + 5:08d}.pt.k1ll3d.tmp"
+    unfinished.write_bytes(b"\0" * 4096)
 
-    resumed_lines = _finish(_train(killed, "--resume", "latest"))
+    resumed_lines = _finish(train(killed, "--resume", "latest"))
+    assert not unfinished.exists() and not list(checkpoints.glob(".*.tmp"))
     reference_lines = _finish(reference)
 
     final_reference = load_checkpoint(list_checkpoints(tmp_path / "straight" / "tiny")[-1])

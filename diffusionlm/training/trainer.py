@@ -35,8 +35,15 @@ from diffusionlm.training.optim import build_optimizer
 from diffusionlm.training.rng import capture_rng_state, restore_rng_state
 from diffusionlm.training.sample import sample_text
 from diffusionlm.training.validation import Validator
-from diffusionlm.utils.checkpoint import Checkpointer, check_same_model, optimizer_shard, resolve_and_load
+from diffusionlm.utils.checkpoint import (
+    Checkpointer,
+    check_same_model,
+    optimizer_shard,
+    remove_unfinished_saves,
+    resolve_and_load,
+)
 from diffusionlm.utils.device import autocast_context, resolve_device
+from diffusionlm.utils.files import check_output_dir
 from diffusionlm.utils.run_layout import (
     EXPORT_DIRNAME,
     RUN_CONFIG_FILENAME,
@@ -124,13 +131,22 @@ def _write_run_files(config: TrainConfig, run_dir: Path, tokenizer: Tokenizer) -
 def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int = 0, world_size: int = 1,
                   grad_sync: GradSync | None = None) -> Trainer:
     """Build (and on `resume`, restore) a run. Every user-fixable problem is an InputError
-    raised before the run directory is touched, except a bad checkpoint, which never alters it."""
+    raised before the run directory is touched, except a bad checkpoint, which never alters it.
+
+    `resume="latest"` for a run that has no checkpoint yet (killed before its first save)
+    starts it from the beginning, with a one-line notice."""
+    check_output_dir(config.checkpoint.runs_path, "checkpoint.runs_path")
     tokenizer = load_configured_tokenizer(config)
     device = resolve_device(config.training.device)
     training = config.training
 
     checkpoint = checkpoint_file = None
     default_run_dir = (config.checkpoint.runs_path / config.logging.run_name) if config.logging.run_name else None
+    if resume == "latest" and default_run_dir is not None and not list_checkpoints(default_run_dir):
+        if rank == 0:
+            print(f"--resume latest: {default_run_dir} has no checkpoint yet; starting the run from the beginning",
+                  file=sys.stderr, flush=True)
+        resume = None
     if resume is not None:
         checkpoint_file, checkpoint = resolve_and_load(resume, default_run_dir, map_location="cpu")
         check_same_model(checkpoint, config.model.model_dump(mode="json"), checkpoint_file)
@@ -176,12 +192,14 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
                           skipped_steps=checkpoint["skipped_steps"])
     if rank == 0:
         _write_run_files(config, run_dir, tokenizer)
+        remove_unfinished_saves(run_dir)
     config_dict = config.model_dump(mode="json")
     return Trainer(config=config, run_dir=run_dir, device=device, tokenizer=tokenizer, model=model,
                    optimizer=optimizer, train_batches=train_batches, validator=validator,
                    objective=build_objective(config.model, training), noise_generator=noise_generator,
                    logger=build_logger(config.logging, config.wandb, run_dir=run_dir, config=config_dict, rank=rank),
-                   checkpointer=Checkpointer(run_dir, config.checkpoint.keep_last_n, config_dict, rank),
+                   checkpointer=Checkpointer(run_dir, config.checkpoint.keep_last_n, config_dict, rank,
+                                             resumed_from=checkpoint_file),
                    state=state, grad_sync=grad_sync or LocalGradSync(), rank=rank, world_size=world_size)
 
 

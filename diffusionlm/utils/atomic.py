@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import IO
 
 
+_TEMP_SUFFIX = ".tmp"  # temp files are named .<target name>.<random><suffix>, beside the target
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of `path` for writing; on clean exit it replaces `path`.
@@ -24,7 +27,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         # mkstemp creates the file 0600; give the result the permissions a plain open() would.
         os.chmod(tmp_name, 0o666 & ~_current_umask())
@@ -67,3 +70,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     with atomic_open(path, "wb") as handle:
         handle.write(data)
+
+
+def remove_temp_files(directory: str | os.PathLike, name_pattern: str = "*") -> list[Path]:
+    """Delete the temp files that `atomic_open` writes left behind for targets in `directory`
+    whose names match the glob `name_pattern`; returns them.
+
+    A process killed mid-write never reaches the cleanup in `atomic_open`, so its temp file
+    stays. Only call this when no other process may be writing those targets right now.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(f".{name_pattern}.*{_TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

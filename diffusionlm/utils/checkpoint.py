@@ -11,24 +11,42 @@ code): format_version, step, model (state_dict), optimizer ({rank: state_dict}; 
 optimizer shard, rank 0 alone in a single process), scheduler_step, rng, data (loader
 state), config (the TrainConfig as JSON-able dict), metrics.
 
-Resume policy for `latest`: if the newest checkpoint cannot be read, loading stops with an
-InputError naming it and the previous complete checkpoint to pass explicitly. Nothing is
-skipped silently and nothing is deleted: the user decides.
+Integrity: a checkpoint is a zip archive in which `torch.save` stores a CRC-32 with every
+record (each tensor's bytes, the pickled structure). `torch.load` does not check them, so a
+bit flipped on disk inside a tensor would load silently; `load_checkpoint` verifies them all
+first.
+
+Resume policy: if a checkpoint cannot be read (unreadable, truncated, checksum mismatch),
+loading stops with an InputError naming it and the newest good checkpoint beside it to pass
+explicitly. Nothing is skipped silently and nothing is deleted: the user decides. The temp
+files of saves a killed run never finished are removed when the run starts again
+(`remove_unfinished_saves`).
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffusionlm.errors import InputError
-from diffusionlm.utils.atomic import atomic_open
+from diffusionlm.utils.atomic import atomic_open, remove_temp_files
 from diffusionlm.utils.run_layout import CHECKPOINT_DIRNAME, checkpoint_path, checkpoint_step, list_checkpoints
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "step", "model", "optimizer", "scheduler_step", "rng", "data", "config", "metrics")
+
+
+def remove_unfinished_saves(run_dir: str | Path) -> list[Path]:
+    """Delete the temp files that saves interrupted by a kill left in the run's checkpoint folder.
+
+    Call it only while no other process saves into this run (at the start of a run, on rank 0).
+    """
+    return remove_temp_files(Path(run_dir) / CHECKPOINT_DIRNAME, "step_*.pt")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -56,16 +74,63 @@ def prune_checkpoints(run_dir: str | Path, keep_last_n: int, newest_step: int | 
     return doomed
 
 
+class _Unreadable(Exception):
+    """Why a checkpoint file cannot be used; `load_checkpoint` adds the file and the way out."""
+
+
+def _check_archive(path: Path) -> None:
+    """Raise `_Unreadable` unless `path` is a complete zip archive whose every record matches its CRC-32."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
+        raise _Unreadable(f"corrupt or truncated checkpoint (not a complete archive: {err})") from None
+    if damaged is not None:
+        raise _Unreadable(f"corrupt checkpoint: checksum mismatch in record {damaged!r} (its bytes changed after "
+                          f"it was written)")
+
+
+def _read(path: Path, map_location: str | torch.device) -> Any:
+    """`torch.load(weights_only=True)` of a verified archive, its errors reworded. PyTorch's own
+    message for a file holding arbitrary objects advises retrying with `weights_only=False`,
+    which would run whatever code the file carries: that advice is never passed on."""
+    _check_archive(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(err))
+        raise _Unreadable("refused: the file holds Python objects that are not tensors or plain data"
+                          + (f" ({blocked.group(1)})" if blocked else "") + ", which are never unpickled") from None
+    except Exception as err:  # noqa: BLE001 - zip, pickle and EOF errors all mean the same thing here
+        detail = next((line for line in str(err).splitlines() if line.strip() and "weights_only" not in line),
+                      "no detail")
+        raise _Unreadable(f"corrupt or truncated checkpoint ({type(err).__name__}: {detail})") from None
+
+
+def _newest_good_beside(path: Path) -> str:
+    """Where to go instead of the unreadable `path`: the newest other checkpoint of its run whose archive verifies."""
+    beside = list_checkpoints(path.parent.parent) if path.parent.name == CHECKPOINT_DIRNAME else []
+    for other in reversed(beside):
+        if other.resolve() == path.resolve():
+            continue
+        try:
+            _check_archive(other)
+        except _Unreadable:
+            continue
+        return f"; the newest good checkpoint is {other} (pass it explicitly: --resume {other})"
+    return f"; there is no other good checkpoint in {path.parent}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True`; unreadable or incomplete files are InputErrors naming the file."""
+    """Read a checkpoint, its checksums verified, with `weights_only=True`. An unreadable,
+    truncated or corrupted file is an InputError naming it and the newest good one beside it."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint file not found")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - zip, pickle and EOF errors all mean the same thing here
-        raise InputError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+        checkpoint = _read(path, map_location)
+    except _Unreadable as err:
+        raise InputError(f"{path}: {err}{_newest_good_beside(path)}") from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise InputError(f"{path}: not a diffusionlm training checkpoint (missing keys)")
     if checkpoint["format_version"] != FORMAT_VERSION:
@@ -75,17 +140,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_latest_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict]:
-    """The newest checkpoint of a run. If it is unreadable, the error names the previous one to use instead."""
+    """The newest checkpoint of a run. If it is unreadable, the error names the newest good one to use instead."""
     candidates = list_checkpoints(run_dir)
     if not candidates:
         raise InputError(f"{Path(run_dir) / CHECKPOINT_DIRNAME}: no checkpoint to resume from")
-    newest = candidates[-1]
-    try:
-        return newest, load_checkpoint(newest, map_location)
-    except InputError as err:
-        hint = (f"; to resume from the previous one pass it explicitly: --resume {candidates[-2]}"
-                if len(candidates) > 1 else "; there is no older checkpoint")
-        raise InputError(f"{err}{hint}") from None
+    return candidates[-1], load_checkpoint(candidates[-1], map_location)
 
 
 def resolve_and_load(resume: str, default_run_dir: Path | None,
@@ -127,9 +186,12 @@ class Checkpointer:
     Only rank 0 writes; the optimizer state of every rank arrives through `optimizer_shards`.
     """
 
-    def __init__(self, run_dir: Path, keep_last_n: int, config: dict[str, Any], rank: int = 0) -> None:
+    def __init__(self, run_dir: Path, keep_last_n: int, config: dict[str, Any], rank: int = 0,
+                 resumed_from: Path | None = None) -> None:
         self.run_dir, self.keep_last_n, self.config, self.rank = run_dir, keep_last_n, config, rank
-        self.last_saved: Path | None = None  # written by this process (a resumed run's older files may be stale)
+        # The newest checkpoint this run stands on: the one it resumed from, then each one it
+        # writes (files past a resume point are an abandoned continuation, never "last").
+        self.last_saved: Path | None = resumed_from
 
     def save(self, *, step: int, scheduler_step: int, skipped_steps: int, model_state: dict,
              optimizer_shards: dict[int, dict], rng: dict, data: dict, metrics: dict[str, Any]) -> Path | None:

@@ -21,6 +21,7 @@ from diffusionlm.errors import InputError
 from diffusionlm.tokenizer.bpe_trainer import heldout_offset, train_bpe
 from diffusionlm.tokenizer.io import save_tokenizer
 from diffusionlm.tokenizer.tokenizer import Tokenizer
+from diffusionlm.utils.files import check_output_dir
 
 
 def _read_heldout(path: Path, start: int) -> str:
@@ -33,8 +34,9 @@ def _read_heldout(path: Path, start: int) -> str:
         raise InputError(f"{path}: not valid UTF-8 ({err.reason} at byte {start + err.start})") from None
 
 
-def train_and_save(config: TrainTokenizerConfig, input_path: Path) -> None:
-    """Train on `input_path` minus its held-out tail, write the files, print what came out."""
+def train_and_save(config: TrainTokenizerConfig, input_path: Path, source: str) -> None:
+    """Train on `input_path` (called `source` in what is printed) minus its held-out tail,
+    write the files, print what came out."""
     end = heldout_offset(input_path, config.heldout_bytes)
     started = time.perf_counter()
     vocab, merges = train_bpe(
@@ -44,7 +46,7 @@ def train_and_save(config: TrainTokenizerConfig, input_path: Path) -> None:
     seconds = time.perf_counter() - started
     tokenizer = Tokenizer(vocab, merges, config.special_tokens)
     paths = save_tokenizer(config.output_dir, vocab, merges, tokenizer.special_tokens)
-    print(f"trained on {end:,} bytes of {input_path} in {seconds:.2f} s")
+    print(f"trained on {end:,} bytes of {source} in {seconds:.2f} s")
     print(f"vocab size {len(vocab)} ({len(merges)} merges), special tokens {tokenizer.special_tokens}")
     if len(vocab) < config.vocab_size:
         print(f"note: every word became a single token after {len(merges)} merges, so the vocabulary "
@@ -57,13 +59,18 @@ def train_and_save(config: TrainTokenizerConfig, input_path: Path) -> None:
 
 
 def _run(config: TrainTokenizerConfig, args: argparse.Namespace) -> None:
+    check_output_dir(config.output_dir, "output_dir")
     if config.input_path is not None:
-        train_and_save(config, config.input_path)
+        train_and_save(config, config.input_path, str(config.input_path))
         return
+    source = f"the built-in corpus (builtin_num_stories = {config.builtin_num_stories})"
     with tempfile.TemporaryDirectory(prefix="diffusionlm-corpus-") as folder:
         corpus_path = Path(folder) / "builtin_corpus.txt"
         write_corpus_text(corpus_path, config.builtin_seed, config.builtin_num_stories)
-        train_and_save(config, corpus_path)
+        try:
+            train_and_save(config, corpus_path, source)
+        except InputError as err:  # the trainer names the file it read: here a temp file the user never saw
+            raise InputError(str(err).replace(str(corpus_path), source)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

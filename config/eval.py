@@ -44,7 +44,8 @@ class EvalSection(Section):
         if self.method == "conditional" and self.prompt_tokens >= self.sequence_length:
             raise ValueError(f"prompt_tokens ({self.prompt_tokens}) must be < sequence_length ({self.sequence_length})")
         if self.text_file is not None and not self.text_file.is_file():
-            raise ValueError(f"text_file: file not found: {self.text_file}")
+            what = "is a directory, not a text file" if self.text_file.is_dir() else "file not found"
+            raise ValueError(f"text_file: {self.text_file} {what}")
         return self
 
 

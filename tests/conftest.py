@@ -1,7 +1,10 @@
-"""Shared test fixtures: the optional ../shared/data folder and GPU skipping."""
+"""Shared test fixtures: the optional ../shared/data folder, a folder no one may write in,
+loopback networking for multi-process tests, and GPU skipping."""
 
 from __future__ import annotations
 
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,44 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+def _can_create_files_in(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder this process cannot create files in: a chmod 555 folder or, for root (which
+    ignores permission bits), /proc, where the kernel refuses new files to everyone."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        usable = [c for c in (folder, Path("/proc")) if c.is_dir() and not _can_create_files_in(c)]
+        if not usable:
+            pytest.skip("no folder here refuses new files to this process (root, and no /proc)")
+        yield usable[0]
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def loopback() -> str:
+    """127.0.0.1, once a connection to it has been seen to work; multi-process tests that talk
+    over it skip with the reason otherwise (in a fresh network namespace loopback is down and
+    their rendezvous would wait for the full timeout)."""
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            with socket.create_connection(server.getsockname(), timeout=5):
+                pass
+    except OSError as err:
+        pytest.skip(f"loopback networking (127.0.0.1) is unavailable: {err}")
+    return "127.0.0.1"
 
 
 def pytest_collection_modifyitems(config, items):

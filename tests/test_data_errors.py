@@ -51,6 +51,13 @@ def test_an_empty_dataset_fails_instead_of_looping_forever(tmp_path, name, conte
         first_batch(config, loop=True)
 
 
+def test_json_data_files_matching_no_file_names_the_field_and_the_pattern(tmp_path):
+    pattern = str(tmp_path / "missing" / "*.jsonl")
+    with pytest.raises(InputError) as err:
+        first_batch(DataConfig(dataset_name="json", data_files=pattern))
+    assert f'data.data_files = "{pattern}"' in str(err.value) and "no file matches" in str(err.value)
+
+
 def test_a_rank_left_without_rows_after_sharding_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", ["only one row"])
     with pytest.raises(InputError, match="no rows for rank 1 of 2"):

@@ -46,6 +46,12 @@ def test_sequence_longer_than_context_is_rejected(run_dir, text_file, capsys):
     assert "exceeds the model's context_length (64)" in capsys.readouterr().err
 
 
+def test_text_file_naming_a_directory_says_so(run_dir, tmp_path, capsys):
+    assert main(evaluate(run_dir, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "eval" in err and f"text_file: {tmp_path} is a directory, not a text file" in err
+
+
 def test_text_shorter_than_one_sequence_is_rejected(run_dir, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("Hi.", encoding="utf-8")

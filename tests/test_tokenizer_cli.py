@@ -50,8 +50,34 @@ def test_shipped_config_trains_on_the_builtin_corpus(tmp_path, capsys):
     code = train_tokenizer.main(["--set", f"output_dir={tmp_path / 'out'}", "--set", "builtin_num_stories=300",
                                  "--set", "vocab_size=400", "--set", "heldout_bytes=4096"])
     assert code == 0
-    assert "builtin_corpus.txt" in capsys.readouterr().out
+    assert "bytes of the built-in corpus (builtin_num_stories = 300)" in capsys.readouterr().out
     assert (tmp_path / "out" / "vocab.json").is_file()
+
+
+def test_builtin_corpus_error_names_the_setting_not_a_temp_file(tmp_path, capsys):
+    code = train_tokenizer.main(["--set", f"output_dir={tmp_path / 'out'}", "--set", "builtin_num_stories=2",
+                                 "--set", "heldout_bytes=1000000"])
+    _assert_one_line_input_error(capsys, code, "the built-in corpus (builtin_num_stories = 2): holding out the last")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_that_is_a_file_is_exit_2(tmp_path, corpus, capsys):
+    existing = tmp_path / "tok"
+    existing.write_text("a file")
+    code = train_tokenizer.main(["--config", str(_train_config(tmp_path, corpus, output_dir=str(existing)))])
+    _assert_one_line_input_error(capsys, code, f"output_dir: {existing} is a file, not a folder")
+    assert existing.read_text() == "a file"
+
+
+def test_output_dir_under_a_file_is_exit_2(tmp_path, corpus, capsys):
+    code = train_tokenizer.main(["--config", str(_train_config(tmp_path, corpus, output_dir=str(corpus / "tok")))])
+    _assert_one_line_input_error(capsys, code, f"output_dir: {corpus / 'tok'} cannot be created: {corpus} is a file")
+
+
+def test_output_dir_in_a_read_only_folder_is_exit_2(tmp_path, corpus, capsys, read_only_dir):
+    code = train_tokenizer.main(["--config", str(_train_config(tmp_path, corpus, output_dir=str(read_only_dir / "tok")))])
+    _assert_one_line_input_error(capsys, code, f"output_dir: cannot create {read_only_dir / 'tok'}: {read_only_dir} "
+                                               f"is not writable")
 
 
 @pytest.mark.parametrize(
@@ -90,7 +116,7 @@ def test_non_utf8_input_is_exit_2_naming_the_file(tmp_path, corpus, capsys):
 def test_real_process_exits_2_without_traceback(tmp_path, corpus):
     done = subprocess.run(
         [sys.executable, "-m", "cli.train_tokenizer", "--config", str(_train_config(tmp_path, corpus, vocab_size=10))],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["diffusionlm-train-tokenizer: error: vocab_size 10 is too small: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_train_fixtures import builtin_special_ids, write_tiny_toml
@@ -49,6 +51,29 @@ def test_mask_id_that_disagrees_with_the_tokenizer_exits_2(tiny_toml, capsys):
 def test_cuda_requested_without_cuda_exits_2(tiny_toml, capsys):
     assert train_main(["--config", str(tiny_toml), "--set", "training.device=cuda"]) == 2
     assert "training.device" in _one_line_error(capsys)
+
+
+def _runs_path_error(tiny_toml, runs_path, capsys) -> str:
+    assert train_main(["--config", str(tiny_toml), "--set", f"checkpoint.runs_path={json.dumps(str(runs_path))}"]) == 2
+    return _one_line_error(capsys)
+
+
+def test_runs_path_that_is_a_file_exits_2_before_any_work(tmp_path, tiny_toml, capsys):
+    runs = tmp_path / "runs.txt"
+    runs.write_text("not a folder")
+    assert _runs_path_error(tiny_toml, runs, capsys).endswith(f"checkpoint.runs_path: {runs} is a file, not a folder")
+
+
+def test_runs_path_under_a_file_exits_2_before_any_work(tmp_path, tiny_toml, capsys):
+    (tmp_path / "file").write_text("")
+    err = _runs_path_error(tiny_toml, tmp_path / "file" / "runs", capsys)
+    assert f"checkpoint.runs_path: {tmp_path / 'file' / 'runs'} cannot be created: {tmp_path / 'file'} is a file" in err
+
+
+def test_runs_path_in_a_read_only_folder_exits_2_before_any_work(read_only_dir, tiny_toml, capsys):
+    err = _runs_path_error(tiny_toml, read_only_dir / "runs", capsys)
+    assert f"checkpoint.runs_path: cannot create {read_only_dir / 'runs'}: {read_only_dir} is not writable" in err
+    assert not (read_only_dir / "runs").exists()
 
 
 def test_dry_run_prints_parameter_count_and_writes_nothing(tmp_path, tiny_toml, capsys):

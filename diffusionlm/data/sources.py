@@ -157,8 +157,9 @@ def _open_datasets(config: DataConfig, split: str, label: str) -> tuple[datasets
     try:
         builder = datasets.load_dataset_builder(name, config.dataset_config, data_files=config.data_files)
         dataset = builder.as_streaming_dataset(split=split)
-    except StopIteration:  # raised by the json loader while inferring features of an empty file
-        raise InputError(f"dataset {label}: the split has no rows") from None
+    except StopIteration:  # the json loader inferring features from no file, or from empty ones
+        raise InputError(f"dataset {label}: data.data_files = {json.dumps(config.data_files)} gives this split "
+                         f"no rows (no file matches, or the files are empty)") from None
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
         raise InputError(f"dataset {label}: {_first_line(err)}") from None
     except ValueError as err:  # unknown split or config name

@@ -1,7 +1,9 @@
-"""Reading user-supplied text files with one-line errors that name the file."""
+"""User-supplied paths: reading text files and checking output folders, with one-line errors
+that name the file or the config field."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from diffusionlm.errors import InputError
@@ -19,3 +21,26 @@ def read_user_text(path: str | Path, what: str) -> str:
         raise InputError(f"{path}: {what} file is not valid UTF-8 ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read {what} file ({err.strerror})") from None
+
+
+def check_output_dir(path: str | Path, field: str) -> None:
+    """InputError naming `field` unless `path` is a folder this process can create files in, or
+    can be created: checked before any work, so a run never fails at its first save.
+
+    Nothing is created. The test is a real temporary file in `path` or, when `path` does not
+    exist yet, in its nearest existing parent: permission bits alone would not say (root
+    ignores them, a read-only mount does not show in them).
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise InputError(f"{field}: {path} {where}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        what = f"{path} is not writable" if existing == path else f"cannot create {path}: {existing} is not writable"
+        raise InputError(f"{field}: {what} ({err.strerror})") from None

@@ -21,7 +21,7 @@ from diffusionlm.training.optim import build_optimizer
 from diffusionlm.training.trainer import build_trainer, run_training
 from diffusionlm.training.validation import Validator
 
-SPEC_KEYS = ("metrics.loss", "metrics.lr", "metrics.grad_l2_norm", "metrics.tokens_per_s", "metrics.mask_ratio",
+SPEC_KEYS = ("metrics.loss", "metrics.loss_avg", "metrics.lr", "metrics.grad_l2_norm", "metrics.tokens_per_s", "metrics.mask_ratio",
              "metrics.data_wait_frac")
 VAL_KEYS = ("metrics.val_loss", "metrics.val_elbo_ppl", "metrics.val_bpb")
 
@@ -120,6 +120,21 @@ def test_validation_of_a_uniform_model_costs_log_vocab_nats_per_token(causal):
         {"metrics.val_loss": 3.6888794541, "metrics.val_elbo_ppl": 40.0, "metrics.val_bpb": 2.6609640474})
 
 
+def test_loss_avg_is_the_mean_of_the_step_losses_since_the_last_log_line(tmp_path, capsys):
+    def losses(log_every: int) -> dict[int, tuple[float, float]]:
+        config = tiny_config(tmp_path / str(log_every), logging={"log_every": log_every})
+        run_training(build_trainer(config))
+        return {line["step"]: (line["metrics.loss"], line["metrics.loss_avg"])
+                for line in _metric_lines(capsys.readouterr().out) if "metrics.loss" in line}
+
+    every_step, every_fourth = losses(1), losses(4)
+    assert all(loss == average for loss, average in every_step.values())  # a window of one step
+    assert sorted(every_fourth) == [4, 8, 12]  # validation at step 6 falls inside a window
+    for end, (loss, average) in every_fourth.items():
+        assert loss == every_step[end][0]
+        assert average == pytest.approx(sum(every_step[step][0] for step in range(end - 3, end + 1)) / 4, rel=1e-6)
+
+
 def test_max_train_iteration_counts_micro_steps_with_gradient_accumulation(tmp_path):
     config = tiny_config(tmp_path, training={"grad_accum_steps": 3, "max_train_iteration": 12,
                                              "skip_validation": True})
@@ -202,3 +217,4 @@ def test_non_finite_loss_under_skip_policy_skips_and_counts_steps(tmp_path, caps
     assert torch.equal(trainer.model.embedding.weight, embedding_before)
     last = [x for x in _metric_lines(capsys.readouterr().out) if "metrics.loss" in x][-1]
     assert last["metrics.skipped_steps"] == 4
+    assert last["metrics.loss_avg"] == "nan"  # no finite step to average

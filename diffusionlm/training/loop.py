@@ -134,11 +134,31 @@ class LoopHooks:
 
 @dataclass
 class _Window:
-    """Throughput bookkeeping between two log lines (excludes validation and checkpoint time)."""
+    """Bookkeeping between two log lines: throughput (excluding validation and checkpoint time)
+    and the training loss summed over the window's optimizer steps.
+
+    One batch's diffusion loss is a very noisy estimate (one noise level per sequence), so the
+    log carries `loss_avg`, its mean over the window's steps, besides the last step's `loss`.
+    The sum stays on the device; it is read at log steps only. Steps skipped for a non-finite
+    loss are left out of the mean.
+    """
 
     start: float = field(default_factory=time.perf_counter)
     tokens: int = 0
     data_wait_s: float = 0.0
+    loss_sum: torch.Tensor | float = 0.0
+    loss_steps: int = 0
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self.loss_sum = self.loss_sum + loss
+        self.loss_steps += 1
+
+    def loss_avg(self) -> float:
+        return float(self.loss_sum) / self.loss_steps if self.loss_steps else float("nan")
+
+    def restart_clock(self) -> None:
+        """Leave the time just spent (validation, a checkpoint) out of the throughput; keep the loss."""
+        self.start, self.tokens, self.data_wait_s = time.perf_counter(), 0, 0.0
 
     def rates(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -164,7 +184,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
     try:
         if validator is not None and state.iteration == 0:  # the baseline every later evaluation is read against
             logger.log(validator.evaluate(model), step=0)
-            window = _Window()
+            window.restart_clock()
         while state.iteration < max_iteration:
             before = state.iteration
             result = train_step(model, optimizer, next_batch, objective=objective, noise_generator=noise_generator,
@@ -175,6 +195,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
             progress.update(settings.grad_accum_steps)
             if result.finite:
                 state.optimizer_step += 1
+                window.add_loss(result.loss)
             elif nan_policy == "stop":
                 saved = hooks.last_checkpoint()
                 raise NonFiniteLossError(
@@ -188,6 +209,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
             if crossed(before, state.iteration, log_every) or state.iteration >= max_iteration:
                 metrics: dict[str, float] = {
                     "metrics.loss": result.loss.item(),
+                    "metrics.loss_avg": window.loss_avg(),
                     "metrics.lr": result.lr,
                     **{f"metrics.lr/{name}": lr for name, lr in result.lrs.items()},
                     "metrics.grad_l2_norm": result.grad_norm.item(),
@@ -211,11 +233,11 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
                 val_metrics = validator.evaluate(model)
                 logger.log(val_metrics, step=state.iteration)
                 last_metrics.update(val_metrics)
-                window = _Window()
+                window.restart_clock()
 
             if crossed(before, state.iteration, save_every) or state.iteration >= max_iteration:
                 hooks.save_checkpoint(state, last_metrics)
-                window = _Window()
+                window.restart_clock()
     finally:
         progress.close()
         if activation_norms is not None:

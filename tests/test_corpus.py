@@ -46,5 +46,6 @@ def test_write_corpus_text_ends_every_story_with_endoftext(tmp_path):
 
 def test_importing_the_corpus_loads_neither_torch_nor_datasets():
     code = "import sys, diffusionlm.data.corpus; print('torch' in sys.modules, 'datasets' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            timeout=120)
     assert result.stdout.split() == ["False", "False"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,16 +15,21 @@ import torch.multiprocessing as mp
 from test_data_streaming import ROWS, jsonl_config, make_batches, rows_of, write_jsonl
 
 
-def _free_port() -> int:
+WALL_LIMIT_S = 180  # the whole two-process run, rendezvous included
+GROUP_TIMEOUT = timedelta(seconds=60)  # any one rendezvous or collective
+
+
+def _free_port(host: str) -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def _read_rank_rows(rank: int, world_size: int, port: int, folder: str) -> None:
+def _read_rank_rows(rank: int, world_size: int, address: str, folder: str) -> None:
     """One rank: join the gloo group, stream its share, all-gather every rank's rows to rank 0."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world_size,
+                            timeout=GROUP_TIMEOUT)
     try:
         config = jsonl_config(Path(folder) / "d.jsonl", mode="pad", shuffle_buffer_size=8)
         batches = make_batches(config, context_length=16, batch_size=1, loop=False,
@@ -36,9 +43,18 @@ def _read_rank_rows(rank: int, world_size: int, port: int, folder: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_read_disjoint_rows_covering_the_file(tmp_path):
+def test_two_gloo_ranks_read_disjoint_rows_covering_the_file(tmp_path, loopback):
     write_jsonl(tmp_path / "d.jsonl", ROWS)
-    mp.spawn(_read_rank_rows, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    address = f"{loopback}:{_free_port(loopback)}"
+    ranks = mp.spawn(_read_rank_rows, args=(2, address, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + WALL_LIMIT_S
+    try:
+        while not ranks.join(timeout=1):  # re-raises a rank's exception
+            assert time.monotonic() < deadline, f"the gloo ranks did not finish within {WALL_LIMIT_S} s"
+    finally:
+        for process in ranks.processes:
+            if process.is_alive():
+                process.kill()
     per_rank = json.loads((tmp_path / "rows.json").read_text(encoding="utf-8"))
     assert all(per_rank)
     assert set(per_rank[0]).isdisjoint(per_rank[1])

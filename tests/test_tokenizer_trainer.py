@@ -186,4 +186,4 @@ def test_invalid_utf8_input_is_input_error_naming_the_file(tmp_path):
 
 def test_trainer_module_does_not_import_torch():
     code = "import sys, diffusionlm.tokenizer.bpe_trainer; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)

@@ -76,7 +76,7 @@ def generated_nll(predictor: Predictor, sample: SampleResult, prompts: list[list
             log_likelihood, standard_error = conditional_log_likelihood(
                 predictor.model, torch.tensor(prompt, dtype=torch.long, device=device), answer,
                 mask_id=predictor.config.mask_token_id, mc_num=mc_num, batch_size=mc_batch_size, generator=generator)
-        tally.add(torch.tensor([-log_likelihood]), torch.tensor([standard_error]), answer.numel(), num_bytes=0)
+        tally.add(torch.tensor([-log_likelihood]), torch.tensor([standard_error]), [answer.numel()], num_bytes=[0])
     report = tally.report()
     return report.nll_per_token, report.nll_per_token_se
 

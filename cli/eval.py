@@ -1,6 +1,11 @@
 """Score held-out text under a trained model: an ELBO upper bound on perplexity for diffusion
-models ("<= PPL", with its Monte-Carlo standard error, and bits per byte of the text), LLaDA's
-conditional log-likelihood estimator, or the exact perplexity of a causal model.
+models ("<= PPL", and bits per byte of the text), LLaDA's conditional log-likelihood
+estimator, or the exact perplexity of a causal model. Each number comes with its standard
+error over the sequences scored (Monte-Carlo noise included; the JSON line also has the
+Monte-Carlo part alone) and with the text it covers: sequences, tokens, bytes, document ends.
+
+Bits per byte divide the NLL by the UTF-8 bytes of the text the scored tokens stand for;
+special tokens such as <|endoftext|> count 0 bytes (their NLL still counts).
 
     uv run diffusionlm-eval                                  # quick-start run, built-in validation split
     uv run diffusionlm-eval --set eval.text_file=notes.txt --set eval.num_samples=128
@@ -82,11 +87,12 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
             num_samples=settings.num_samples, noise_epsilon=noise_epsilon,
             samples_per_forward=settings.samples_per_forward, mc_num=settings.mc_num,
             mc_batch_size=settings.mc_batch_size, prompt_tokens=settings.prompt_tokens, cfg_scale=settings.cfg_scale,
-            generator=generator)
+            separator_id=model_config.eot_token_id, generator=generator)
     print(f"{method}: {report.label} {report.perplexity:.3f} ± {report.perplexity_se:.3f} | "
           f"nll/token {report.nll_per_token:.4f} ± {report.nll_per_token_se:.4f} nats | "
           f"bits/byte {report.bits_per_byte:.4f} ± {report.bits_per_byte_se:.4f} | "
-          f"{report.num_sequences} sequences, {report.num_tokens} tokens")
+          f"scored {report.num_sequences} sequences: {report.num_tokens:,} tokens, {report.num_bytes:,} bytes of text, "
+          f"{report.num_documents} document ends")
     print(json.dumps({
         "params.method": method, "params.weights": str(predictor.source),
         "params.sequence_length": settings.sequence_length,
@@ -95,9 +101,11 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
         "params.mc_num": settings.mc_num if method == "conditional" else None,
         "metrics.label": report.label, "metrics.perplexity": report.perplexity,
         "metrics.perplexity_se": report.perplexity_se, "metrics.nll_per_token": report.nll_per_token,
-        "metrics.nll_per_token_se": report.nll_per_token_se, "metrics.bits_per_byte": report.bits_per_byte,
-        "metrics.bits_per_byte_se": report.bits_per_byte_se, "metrics.num_sequences": report.num_sequences,
+        "metrics.nll_per_token_se": report.nll_per_token_se, "metrics.nll_per_token_mc_se": report.nll_per_token_mc_se,
+        "metrics.bits_per_byte": report.bits_per_byte, "metrics.bits_per_byte_se": report.bits_per_byte_se,
+        "metrics.bits_per_byte_mc_se": report.bits_per_byte_mc_se, "metrics.num_sequences": report.num_sequences,
         "metrics.num_tokens": report.num_tokens, "metrics.num_bytes": report.num_bytes,
+        "metrics.num_documents": report.num_documents,
     }), flush=True)
     return 0
 

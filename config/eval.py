@@ -25,9 +25,11 @@ class EvalSection(Section):
         "auto", description="auto: exact for causal models, elbo otherwise")
     text_file: Path | None = Field(None, description="UTF-8 text to score; leave out for [data]'s validation split")
     sequence_length: int = Field(128, gt=1, description="tokens per scored sequence")
-    max_sequences: int = Field(32, gt=0)
+    max_sequences: int = Field(1024, gt=0, description="at most this many sequences (the built-in validation split "
+                                                      "holds 584 of 128 tokens)")
     batch_size: int = Field(8, gt=0, description="sequences per forward batch")
-    num_samples: int = Field(32, gt=0, description="elbo: Monte-Carlo noise draws per sequence")
+    num_samples: int = Field(4, gt=0, description="elbo: Monte-Carlo noise draws per sequence (more text beats "
+                                                  "more draws: see benchmarking/RESULTS.md)")
     samples_per_forward: int | None = Field(None, gt=0, description="elbo: draws per forward pass (memory knob)")
     noise_epsilon: float | None = Field(None, ge=0, lt=1,
                                        description="elbo: t is stratified over [eps, 1]; default: the run's training.noise_epsilon")

@@ -112,15 +112,29 @@ def test_causal_nll_is_the_sum_of_next_token_log_probs():
     assert torch.allclose(causal_nll(model, x), expected, atol=1e-5)
 
 
-def test_tally_reports_perplexity_and_bits_per_byte():
+def test_tally_reports_perplexity_bits_per_byte_and_both_standard_errors():
     tally = LikelihoodTally(is_bound=True)
-    tally.add(torch.tensor([10.0, 14.0]), torch.tensor([0.3, 0.4]), num_tokens=8, num_bytes=20)
+    tally.add(torch.tensor([10.0, 14.0]), torch.tensor([0.3, 0.4]), tokens=[4, 4], num_bytes=[10, 10], documents=1)
     report = tally.report()
-    assert report.nll_per_token == pytest.approx(3.0)
-    assert report.nll_per_token_se == pytest.approx(0.5 / 8)
+    assert report.nll_per_token == pytest.approx(3.0)  # 24 nats / 8 tokens
+    # Total: per-sequence residuals 10 - 3 * 4 = -2 and 14 - 12 = 2, sample variance 8, so
+    # sqrt(8 / 2) = 2 nats per sequence of 4 tokens. Monte Carlo: sqrt(0.3^2 + 0.4^2) / 8.
+    assert report.nll_per_token_se == pytest.approx(0.5)
+    assert report.nll_per_token_mc_se == pytest.approx(0.5 / 8)
     assert report.perplexity == pytest.approx(math.exp(3.0))
+    assert report.perplexity_se == pytest.approx(math.exp(3.0) * 0.5)
     assert report.bits_per_byte == pytest.approx(24 / math.log(2) / 20)
+    assert report.bits_per_byte_se == pytest.approx(2 / 10 / math.log(2))  # the same residuals per 10 bytes
+    assert report.bits_per_byte_mc_se == pytest.approx(0.5 / 20 / math.log(2))
+    assert (report.num_sequences, report.num_tokens, report.num_bytes, report.num_documents) == (2, 8, 20, 1)
     assert report.label == "<= PPL"
+
+
+def test_tally_of_one_sequence_has_no_total_standard_error():
+    tally = LikelihoodTally(is_bound=False)
+    tally.add(torch.tensor([6.0]), None, tokens=[3], num_bytes=[5])
+    report = tally.report()
+    assert report.nll_per_token == 2.0 and math.isnan(report.nll_per_token_se) and report.nll_per_token_mc_se == 0
 
 
 def test_guided_answer_nll_equals_guidance_over_full_logits():

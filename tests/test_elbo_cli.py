@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_infer_cli import run_dir, write_run  # noqa: F401 - the shared module-scoped fixture
+from test_infer_cli import BUILTIN, run_dir, write_run  # noqa: F401 - the shared module-scoped fixture
 
 from cli.eval import main
 from diffusionlm.utils.checkpoint import save_checkpoint
@@ -16,7 +16,7 @@ from diffusionlm.utils.run_layout import list_checkpoints
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "story.txt"
-    path.write_text("Once upon a time a small dog found a red ball in the park. " * 20, encoding="utf-8")
+    path.write_text("Once upon a time a small dog found a red ball.\n<|endoftext|>\n" * 20, encoding="utf-8")
     return path
 
 
@@ -34,6 +34,17 @@ def test_reports_a_perplexity_bound_and_bits_per_byte(run_dir, text_file, capsys
     assert record["metrics.num_sequences"] == 3
     assert record["metrics.num_tokens"] == 3 * (16 if method == "elbo" else 12)
     assert record["metrics.perplexity_se"] > 0 and record["metrics.bits_per_byte"] > 0
+    assert record["metrics.nll_per_token_se"] > 0 and record["metrics.nll_per_token_mc_se"] > 0
+    assert f"scored 3 sequences: {record['metrics.num_tokens']} tokens" in human
+
+
+def test_reports_the_text_it_covers_with_special_tokens_counting_no_bytes(run_dir, text_file, capsys):
+    assert main(evaluate(run_dir, text_file, "--set", "eval.method=elbo")) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    scored = BUILTIN.decode(BUILTIN.encode(text_file.read_text(encoding="utf-8"))[:48])  # 3 sequences of 16 tokens
+    ends = scored.count("<|endoftext|>")
+    assert ends >= 2 and record["metrics.num_documents"] == ends
+    assert record["metrics.num_bytes"] == len(scored.encode("utf-8")) - ends * len("<|endoftext|>")
 
 
 def test_exact_method_needs_a_causal_model(run_dir, text_file, capsys):

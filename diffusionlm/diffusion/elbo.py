@@ -16,7 +16,12 @@ A masked-diffusion model has no exact likelihood, but its ELBO (LLaDA eq. 3, MDL
 - `causal_nll`: the exact negative log-likelihood of a causal model (sum of next-token losses).
 
 `LikelihoodTally` sums per-sequence estimates over a dataset into a perplexity (a "<= PPL"
-upper bound for the diffusion estimators) and bits per byte of the original text.
+upper bound for the diffusion estimators) and bits per byte of the original text, each with
+two standard errors: the total one, from the spread of the per-sequence estimates (how much
+the number would move if other sequences of the same text were scored; it includes the
+Monte-Carlo noise), and the Monte-Carlo part alone (how much it would move if the same
+sequences were scored again with other noise draws). The Monte-Carlo part treats a sequence's
+stratified draws as independent, which overstates it, so it can exceed the total.
 """
 
 from __future__ import annotations
@@ -145,17 +150,22 @@ def causal_nll(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class PerplexityReport:
     """Dataset totals. For diffusion estimators `is_bound` is True: the perplexity is an upper
-    bound ("<= PPL"). Standard errors come from the Monte-Carlo spread (0 for exact)."""
+    bound ("<= PPL"). `*_se` are total standard errors (sequence-to-sequence spread, Monte-Carlo
+    noise included), `*_mc_se` the Monte-Carlo part alone (0 for exact). `num_documents`
+    counts the document separators in the scored tokens (documents that end in the text)."""
 
     nll_per_token: float
     nll_per_token_se: float
+    nll_per_token_mc_se: float
     perplexity: float
     perplexity_se: float
     bits_per_byte: float
     bits_per_byte_se: float
+    bits_per_byte_mc_se: float
     num_sequences: int
     num_tokens: int
     num_bytes: int
+    num_documents: int
     is_bound: bool
 
     @property
@@ -163,36 +173,62 @@ class PerplexityReport:
         return "<= PPL" if self.is_bound else "PPL"
 
 
+def _ratio_standard_error(numerators: list[float], denominators: list[int]) -> float:
+    """Standard error of sum(numerators) / sum(denominators) over N sequences taken as
+    independent draws (the ratio estimator's linearisation, spread of n_i - r d_i); NaN for N < 2.
+    Consecutive windows of one text are positively correlated, so on such text it is, if
+    anything, a little optimistic."""
+    count, total = len(numerators), sum(denominators)
+    if count < 2 or total == 0:
+        return float("nan")
+    ratio = sum(numerators) / total
+    spread = sum((n - ratio * d) ** 2 for n, d in zip(numerators, denominators)) / (count - 1)
+    return math.sqrt(spread / count) / (total / count)
+
+
 class LikelihoodTally:
-    """Accumulates per-sequence NLL estimates (nats) with their variances, token and byte counts."""
+    """Accumulates per-sequence NLL estimates (nats) with their Monte-Carlo variances, and each
+    sequence's scored tokens, bytes of text and document separators."""
 
     def __init__(self, is_bound: bool) -> None:
         self.is_bound = is_bound
-        self.nll = self.variance = 0.0
-        self.num_sequences = self.num_tokens = self.num_bytes = 0
+        self.nll: list[float] = []
+        self.tokens: list[int] = []
+        self.bytes: list[int] = []
+        self.mc_variance = 0.0
+        self.num_documents = 0
 
-    def add(self, nll: torch.Tensor, standard_error: torch.Tensor | None, num_tokens: int, num_bytes: int) -> None:
-        self.nll += float(nll.sum())
+    @property
+    def num_sequences(self) -> int:
+        return len(self.nll)
+
+    def add(self, nll: torch.Tensor, standard_error: torch.Tensor | None, tokens: list[int], num_bytes: list[int],
+            documents: int = 0) -> None:
+        """nll, standard_error: (B,) per sequence; tokens, num_bytes: per sequence; documents: in all B."""
+        self.nll += nll.double().tolist()
         if standard_error is not None:
-            self.variance += float((standard_error.double() ** 2).sum())
-        self.num_sequences += nll.numel()
-        self.num_tokens += num_tokens
-        self.num_bytes += num_bytes
+            self.mc_variance += float((standard_error.double() ** 2).sum())
+        self.tokens += tokens
+        self.bytes += num_bytes
+        self.num_documents += documents
 
     def report(self) -> PerplexityReport:
-        if self.num_tokens == 0:
+        num_tokens, num_bytes = sum(self.tokens), sum(self.bytes)
+        if num_tokens == 0:
             raise ValueError("no tokens were scored")
-        per_token = self.nll / self.num_tokens
-        per_token_se = math.sqrt(self.variance) / self.num_tokens
+        total, byte_units = sum(self.nll), max(num_bytes, 1) * math.log(2)
+        per_token = total / num_tokens
+        per_token_se = _ratio_standard_error(self.nll, self.tokens)
         perplexity = math.exp(per_token)
-        bits = self.nll / math.log(2)
-        bits_se = math.sqrt(self.variance) / math.log(2)
         return PerplexityReport(
             nll_per_token=per_token, nll_per_token_se=per_token_se,
+            nll_per_token_mc_se=math.sqrt(self.mc_variance) / num_tokens,
             perplexity=perplexity, perplexity_se=perplexity * per_token_se,  # delta method
-            bits_per_byte=bits / max(self.num_bytes, 1), bits_per_byte_se=bits_se / max(self.num_bytes, 1),
-            num_sequences=self.num_sequences, num_tokens=self.num_tokens, num_bytes=self.num_bytes,
-            is_bound=self.is_bound,
+            bits_per_byte=total / byte_units,
+            bits_per_byte_se=_ratio_standard_error(self.nll, self.bytes) / math.log(2) if num_bytes else float("nan"),
+            bits_per_byte_mc_se=math.sqrt(self.mc_variance) / byte_units,
+            num_sequences=self.num_sequences, num_tokens=num_tokens, num_bytes=num_bytes,
+            num_documents=self.num_documents, is_bound=self.is_bound,
         )
 
 
@@ -203,33 +239,40 @@ ESTIMATORS = ("elbo", "conditional", "exact")
 def evaluate_perplexity(model: nn.Module, batches, *, method: str, mask_id: int, count_bytes, max_sequences: int,
                         noise_epsilon: float, num_samples: int = 32, samples_per_forward: int | None = None,
                         mc_num: int = 32, mc_batch_size: int = 8, prompt_tokens: int = 0, cfg_scale: float = 0.0,
-                        generator: torch.Generator | None = None) -> PerplexityReport:
+                        separator_id: int | None = None, generator: torch.Generator | None = None) -> PerplexityReport:
     """Score up to `max_sequences` rows from `batches` (an iterable of (B, L) id tensors).
 
     method: "elbo" (the t-form bound over whole sequences), "conditional" (LLaDA's estimator of
     each sequence's continuation after its first `prompt_tokens` tokens) or "exact" (causal
     models: next-token likelihood; the first token of each sequence has no context and is not
-    scored). count_bytes(ids) gives the UTF-8 bytes of the text the scored ids stand for.
+    scored). count_bytes(ids) gives the UTF-8 bytes of the text the scored ids stand for;
+    `separator_id` (<|endoftext|>) is counted in the scored ids as the documents covered.
     """
     if method not in ESTIMATORS:
         raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
     tally = LikelihoodTally(is_bound=method != "exact")
+
+    def add(nll: torch.Tensor, standard_error: torch.Tensor | None, scored: torch.Tensor) -> None:
+        """scored: (B, n) the ids whose likelihood `nll` (B,) is."""
+        documents = int((scored == separator_id).sum()) if separator_id is not None else 0
+        tally.add(nll, standard_error, [scored.shape[1]] * scored.shape[0], [count_bytes(row) for row in scored],
+                  documents)
+
     for batch in batches:
         batch = batch[: max_sequences - tally.num_sequences]
         if method == "elbo":
             estimate = elbo_nll(model, batch, mask_id=mask_id, num_samples=num_samples, noise_epsilon=noise_epsilon,
                                 samples_per_forward=samples_per_forward, generator=generator)
-            tally.add(estimate.nll, estimate.standard_error, batch.numel(), sum(count_bytes(row) for row in batch))
+            add(estimate.nll, estimate.standard_error, batch)
         elif method == "exact":
-            tally.add(causal_nll(model, batch), None, batch[:, 1:].numel(), sum(count_bytes(row[1:]) for row in batch))
+            add(causal_nll(model, batch), None, batch[:, 1:])
         else:
             for row in batch:
                 prompt, answer = row[:prompt_tokens], row[prompt_tokens:]
                 log_likelihood, standard_error = conditional_log_likelihood(
                     model, prompt, answer, mask_id=mask_id, mc_num=mc_num, batch_size=mc_batch_size,
                     cfg_scale=cfg_scale, generator=generator)
-                tally.add(torch.tensor([-log_likelihood]), torch.tensor([standard_error]), answer.numel(),
-                          count_bytes(answer))
+                add(torch.tensor([-log_likelihood]), torch.tensor([standard_error]), answer[None])
         if tally.num_sequences >= max_sequences:
             break
     return tally.report()

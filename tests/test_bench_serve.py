@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from serve_helpers import write_export
 
 from cli.bench_serve import main
+
+# Talks to itself over 127.0.0.1: skips, saying why, where loopback is down.
+pytestmark = pytest.mark.usefixtures("loopback")
 
 
 def test_reports_both_runs_with_every_request_answered_once(tmp_path, capsys):

@@ -35,6 +35,8 @@ JUST = Path(sys.executable).parent / "just"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 JUST_TIMEOUT_S = 240
 TINY_RUN = "tiny-remote"
+# Talks to itself over 127.0.0.1: skips, saying why, where loopback is down.
+pytestmark = pytest.mark.usefixtures("loopback")
 
 
 def free_port() -> int:

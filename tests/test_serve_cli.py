@@ -49,7 +49,7 @@ def test_a_checkpoint_that_cannot_load_stops_the_server_with_exit_2(tmp_path, ca
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_a_port_in_use_is_exit_2(capsys):
+def test_a_port_in_use_is_exit_2(capsys, loopback):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -58,7 +58,7 @@ def test_a_port_in_use_is_exit_2(capsys):
 
 
 @pytest.mark.slow
-def test_sigterm_lets_every_accepted_request_finish(tmp_path):
+def test_sigterm_lets_every_accepted_request_finish(tmp_path, loopback):
     export = write_export(tmp_path / "export")
     process, url = start("--set", f"inference.checkpoint={json.dumps(str(export))}",
                          "--set", "server.max_batch_size=2", "--set", f"server.model_name={json.dumps(MODEL_NAME)}")

@@ -9,7 +9,7 @@ import torch
 from serve_helpers import TIMEOUT_S, LiveServer, serve_config, write_export
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("loopback"),
               pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")]
 
 

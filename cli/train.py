@@ -19,7 +19,8 @@ from cli.utils import run_cli
 from config.train import TrainConfig
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """--resume and --dry-run (shared with diffusionlm-train-ddp)."""
     parser.add_argument("--resume", metavar="PATH|latest", default=None,
                         help="continue from a checkpoint file, a run directory's newest checkpoint, or "
                              "'latest' (the newest checkpoint of runs_path/run_name)")
@@ -28,25 +29,34 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "print its parameter count and exit")
 
 
-def _run(config: TrainConfig, args: argparse.Namespace) -> int:
-    from diffusionlm.training.trainer import count_parameters, load_configured_tokenizer, train
+def dry_run(config: TrainConfig) -> int:
+    from diffusionlm.training.trainer import count_parameters, load_configured_tokenizer
     from diffusionlm.utils.device import resolve_device
 
-    if args.dry_run:
-        load_configured_tokenizer(config)
-        device = resolve_device(config.training.device)
-        total, non_embedding = count_parameters(config)
-        print(f"config OK; device {device}; model parameters: {total:,} ({non_embedding:,} non-embedding)")
-        return 0
-    result = train(config, resume=args.resume)
+    load_configured_tokenizer(config)
+    device = resolve_device(config.training.device)
+    total, non_embedding = count_parameters(config)
+    print(f"config OK; device {device}; model parameters: {total:,} ({non_embedding:,} non-embedding)")
+    return 0
+
+
+def report_result(result) -> None:
     print(f"run directory: {result.run_dir}\nfinal checkpoint: {result.final_checkpoint}"
           + (f"\nexported weights: {result.export_dir}" if result.export_dir else ""), file=sys.stderr)
+
+
+def _run(config: TrainConfig, args: argparse.Namespace) -> int:
+    from diffusionlm.training.trainer import train
+
+    if args.dry_run:
+        return dry_run(config)
+    report_result(train(config, resume=args.resume))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(_run, TrainConfig, prog="diffusionlm-train", description=__doc__,
-                   default_config="train.toml", add_arguments=_add_arguments, argv=argv)
+                   default_config="train.toml", add_arguments=add_train_arguments, argv=argv)
 
 
 if __name__ == "__main__":

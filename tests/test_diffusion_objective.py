@@ -47,8 +47,9 @@ class PositionLogitsLM(nn.Module):
         batch, length = input_ids.shape
         return self.table[:length].expand(batch, length, -1)
 
-    def forward(self, input_ids, attention_mask=None):
-        return self.lm_head(self.forward_hidden(input_ids))
+    def forward(self, input_ids, attention_mask=None, positions_to_score=None):
+        hidden = self.forward_hidden(input_ids)
+        return self.lm_head(hidden if positions_to_score is None else hidden[positions_to_score])
 
 
 class MaskCountLM(nn.Module):
@@ -67,6 +68,8 @@ class MaskCountLM(nn.Module):
         hidden = torch.zeros(*input_ids.shape, self.vocab)
         hidden[..., 0] = self.scales[:length] * (1 - num_masked / length)
         return hidden
+
+    forward = PositionLogitsLM.forward
 
 
 def _ce(logits: list[float], target: int) -> float:

@@ -36,8 +36,9 @@ class PositionalModel(nn.Module):
         batch, length = input_ids.shape
         return torch.eye(length)[None].expand(batch, length, length)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.forward_hidden(input_ids))
+    def forward(self, input_ids, attention_mask=None, positions_to_score=None):
+        hidden = self.forward_hidden(input_ids)
+        return self.lm_head(hidden if positions_to_score is None else hidden[positions_to_score])
 
 
 @pytest.fixture(scope="module")

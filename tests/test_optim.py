@@ -43,8 +43,9 @@ class ToyLM(nn.Module):
             x = x + torch.tanh(block(x))
         return self.final_norm(x)
 
-    def forward(self, input_ids, attention_mask=None):
-        return self.lm_head(self.forward_hidden(input_ids))
+    def forward(self, input_ids, attention_mask=None, positions_to_score=None):
+        hidden = self.forward_hidden(input_ids)
+        return self.lm_head(hidden if positions_to_score is None else hidden[positions_to_score])
 
 
 def _membership(model: nn.Module, groups: list[dict]) -> dict[str, str]:

@@ -133,10 +133,11 @@ def _masked_answer_nll(model: nn.Module, sequence: torch.Tensor, noisy: torch.Te
     if cfg_scale <= 0:
         return _masked_token_nll(model, sequence, noisy, is_masked)
     batch = noisy.shape[0]
-    hidden = model.forward_hidden(torch.cat([noisy, mask_prompt(noisy, prompt_length, mask_id)]))
     masked = is_masked.nonzero(as_tuple=True)
-    conditional = model.lm_head(hidden[:batch][masked]).float()
-    unconditional = model.lm_head(hidden[batch:][masked]).float()
+    # The same masked positions in the conditional rows and in their unconditional copies.
+    both = (torch.cat([masked[0], masked[0] + batch]), torch.cat([masked[1], masked[1]]))
+    logits = model(torch.cat([noisy, mask_prompt(noisy, prompt_length, mask_id)]), positions_to_score=both)
+    conditional, unconditional = logits.float().chunk(2)
     token_nll = F.cross_entropy(guide(conditional, unconditional, cfg_scale), sequence[masked], reduction="none")
     return torch.zeros(batch, dtype=torch.float64, device=noisy.device).index_add_(0, masked[0], token_nll.double())
 

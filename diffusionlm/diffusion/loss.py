@@ -44,11 +44,12 @@ def masked_token_cross_entropy(model: nn.Module, x0: torch.Tensor, noisy: torch.
     (row, column) indices of those tokens.
 
     The one place the denoiser is scored: the training loss, validation and the ELBO
-    estimators all go through it. Only masked positions reach the LM head.
+    estimators all go through it. Only masked positions reach the LM head, through the
+    model's own `forward` so that data-parallel wrappers see the call.
     """
     masked = is_masked.nonzero(as_tuple=True)  # one host sync, shared by the gathers below
-    hidden = model.forward_hidden(noisy)
-    token_ce = F.cross_entropy(model.lm_head(hidden[masked]).float(), x0[masked], reduction="none")
+    logits = model(noisy, positions_to_score=masked)
+    token_ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
     return token_ce, masked
 
 

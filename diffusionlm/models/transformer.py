@@ -38,8 +38,11 @@ class Block(nn.Module):
 class TransformerLM(nn.Module):
     """Bidirectional (default) or causal Transformer language model.
 
-    `forward_hidden` returns the final-normed hidden states so the diffusion loss can send
-    only masked positions through `lm_head`; `forward` returns full logits.
+    `forward` returns logits; with `positions_to_score` only those positions go through the
+    LM head, which is how the diffusion loss scores masked tokens alone. Training calls
+    `forward` (never `forward_hidden` + `lm_head` separately) so that a wrapper's forward and
+    hooks (DDP, FSDP2) run. `forward_hidden` is for callers that reuse the hidden states, such
+    as the sampler's KV cache.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -77,9 +80,13 @@ class TransformerLM(nn.Module):
         return self.final_norm(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, *, kv_cache=None) -> torch.Tensor:
-        """(B, L) ids -> (B, L, vocab_size) logits."""
-        return self.lm_head(self.forward_hidden(input_ids, attention_mask, positions, kv_cache=kv_cache))
+                positions: torch.Tensor | None = None, *, kv_cache=None,
+                positions_to_score: torch.Tensor | tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """(B, L) ids -> (B, L, vocab_size) logits, or (N, vocab_size) for the N positions
+        selected by `positions_to_score` (a (B, L) bool mask or the (rows, cols) index tensors
+        of `mask.nonzero(as_tuple=True)`), in row-major order."""
+        hidden = self.forward_hidden(input_ids, attention_mask, positions, kv_cache=kv_cache)
+        return self.lm_head(hidden if positions_to_score is None else hidden[positions_to_score])
 
     def num_parameters(self, exclude_embedding: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())

@@ -3,8 +3,8 @@
 The loop calls `grad_sync.no_sync()` around the backward passes of accumulation micro-steps
 (nothing to communicate yet) and `grad_sync.finish()` after the last backward of an
 optimizer step, before clipping reads the gradients. A single process uses `LocalGradSync`,
-which does nothing; a data-parallel wrapper (e.g. `ddp.DDP`) satisfies the same protocol
-with its bucketed all-reduce.
+which does nothing; `ddp.DDP` satisfies the same protocol itself (`finish` is its
+`finish_gradient_synchronization`), and `parallelize.py` adapts torch's DDP and FSDP2 to it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -48,14 +48,25 @@ class LoopState:
     skipped_steps: int = 0
 
 
+def _identity(value):
+    return value
+
+
 @dataclass
 class StepSettings:
-    """What one optimizer step needs besides the model, optimizer and data."""
+    """What one optimizer step needs besides the model, optimizer and data.
+
+    Data parallelism changes two things: the global gradient norm (`clip_grad_norm`; FSDP2
+    shards need a collective for it) and the reported loss, which `global_mean` averages over
+    ranks, so the finiteness verdict, and with it the decision to step, is the same everywhere.
+    """
 
     device: torch.device
     grad_accum_steps: int
     optimizer_cfg: OptimizerConfig
     autocast: Callable[[], object]
+    clip_grad_norm: Callable[[Iterable[torch.Tensor], float], torch.Tensor] = clip_grad_norm_
+    global_mean: Callable[[torch.Tensor], torch.Tensor] = _identity
 
 
 @dataclass
@@ -77,7 +88,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
                settings: StepSettings, schedule_step: int) -> StepResult:
     """Accumulate gradients over `grad_accum_steps` batches, clip, and step unless non-finite.
 
-    Micro-step losses are divided by grad_accum_steps so the accumulated gradient is the mean.
+    Micro-step losses are divided by grad_accum_steps so the accumulated gradient is the mean;
+    the returned loss and mask ratio are means over micro-steps and ranks.
     Gradients are synchronised (grad_sync) only on the last micro-step. A non-finite loss or
     gradient norm leaves the parameters untouched (`finite=False`); the caller decides what
     that means.
@@ -105,14 +117,17 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
             mask_ratio_sum = out.mask_ratio if mask_ratio_sum is None else mask_ratio_sum + out.mask_ratio
     grad_sync.finish()
     max_norm = cfg.grad_clip_max_l2_norm
-    grad_norm = clip_grad_norm_(model.parameters(), max_norm if max_norm is not None else float("inf"))
-    loss = loss_sum / accum
+    grad_norm = settings.clip_grad_norm(model.parameters(), max_norm if max_norm is not None else float("inf"))
+    if mask_ratio_sum is None:
+        loss = settings.global_mean(loss_sum / accum)
+    else:  # one collective for both
+        loss, mask_ratio_sum = settings.global_mean(torch.stack([loss_sum, mask_ratio_sum.float()]) / accum).unbind()
     finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=loss, grad_norm=grad_norm,
-                      mask_ratio=None if mask_ratio_sum is None else mask_ratio_sum / accum,
+                      mask_ratio=mask_ratio_sum,
                       lr=lr, lrs=lrs, finite=finite, data_wait_s=data_wait, tokens=tokens)
 
 
@@ -124,12 +139,14 @@ def crossed(before: int, after: int, every: int) -> bool:
 @dataclass
 class LoopHooks:
     """Side effects the loop triggers but does not own: saving a checkpoint (run directory,
-    optimizer shards and data-loader state are the trainer's business) and reading the data
-    loader's own metrics for each log line."""
+    optimizer shards and data-loader state are the trainer's business), reading the data
+    loader's own metrics for each log line, and averaging metrics over ranks before they are
+    logged (every rank calls it at the same points)."""
 
     save_checkpoint: Callable[[LoopState, dict[str, float]], None]
     last_checkpoint: Callable[[], str | None] = field(default=lambda: None)
     loader_metrics: Callable[[], dict[str, float]] = field(default=dict)
+    reduce_metrics: Callable[[dict[str, float]], dict[str, float]] = _identity
 
 
 @dataclass
@@ -176,14 +193,15 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
     The last step always saves a checkpoint (the final one). `rank`/`world_size` only decide who shows
     progress; logging goes through the (rank-zero) logger and gradients through `grad_sync`.
     """
-    activation_norms = ActivationNorms(model) if log_activation_norms else None
+    bare_model = getattr(model, "module", model)  # diagnostics look inside a DDP wrapper
+    activation_norms = ActivationNorms(bare_model) if log_activation_norms else None
     progress = tqdm(total=max_iteration, initial=state.iteration, unit="it", dynamic_ncols=True,
                     disable=rank != 0 or not sys.stderr.isatty())
     window = _Window()
     last_metrics: dict[str, float] = {}
     try:
         if validator is not None and state.iteration == 0:  # the baseline every later evaluation is read against
-            logger.log(validator.evaluate(model), step=0)
+            logger.log(hooks.reduce_metrics(validator.evaluate(model)), step=0)
             window.restart_clock()
         while state.iteration < max_iteration:
             before = state.iteration
@@ -222,7 +240,8 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
                 if activation_norms is not None:
                     metrics.update({f"metrics.{k}": v for k, v in activation_norms.read().items()})
                 if log_weight_norms:
-                    metrics.update({f"metrics.{k}": v for k, v in weight_norms(model).items()})
+                    metrics.update({f"metrics.{k}": v for k, v in weight_norms(bare_model).items()})
+                metrics = hooks.reduce_metrics(metrics)
                 logger.log(metrics, step=state.iteration)
                 progress.set_postfix(loss=f"{metrics['metrics.loss']:.3f}", refresh=False)
                 last_metrics.update(metrics)
@@ -230,7 +249,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
 
             if validator is not None and (crossed(before, state.iteration, val_every)
                                           or state.iteration >= max_iteration):
-                val_metrics = validator.evaluate(model)
+                val_metrics = hooks.reduce_metrics(validator.evaluate(model))
                 logger.log(val_metrics, step=state.iteration)
                 last_metrics.update(val_metrics)
                 window.restart_clock()

@@ -275,8 +275,10 @@ def build_param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     return groups
 
 
+def optimizer_class(cfg: OptimizerConfig) -> type[torch.optim.Optimizer]:
+    """The optimizer class for cfg.optimizer_name; it takes the groups of `build_param_groups`."""
+    return Muon if cfg.optimizer_name == "muon" else AdamW
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    groups = build_param_groups(model, cfg)
-    if cfg.optimizer_name == "muon":
-        return Muon(groups)
-    return AdamW(groups)
+    return optimizer_class(cfg)(build_param_groups(model, cfg))

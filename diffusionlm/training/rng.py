@@ -14,6 +14,15 @@ import numpy as np
 import torch
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s noise stream: `seed` itself on rank 0 (so a single-process run
+    and rank 0 draw the same noise), an independent 32-bit seed derived from (seed, rank) elsewhere
+    (32 bits because numpy's global seed takes no more)."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def capture_rng_state(noise_generator: torch.Generator) -> dict[str, Any]:
     """Python, numpy, torch (CPU), CUDA and the run's noise generator, as plain data."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()

@@ -1,10 +1,13 @@
 """Wiring: build everything a run needs from a `TrainConfig`, then hand it to the loop.
 
     config -> tokenizer check -> device -> run directory (config.toml, tokenizer/)
-           -> model, optimizer, data, validation, logger -> [restore checkpoint] -> train_loop
-           -> export/model.safetensors -> a sample
+           -> data, validation -> model -> parallelize (compile, DDP/FSDP2, optimizer)
+           -> logger -> [restore checkpoint] -> train_loop -> export/model.safetensors -> a sample
 
-Nothing here computes a loss or steps an optimizer; see `loop.py` for that.
+Nothing here computes a loss or steps an optimizer; see `loop.py` for that. In a
+data-parallel run every rank builds its own trainer: the model is initialised from the same
+seed everywhere, noise and data come from per-rank streams, and rank 0 writes the files,
+with every rank's optimizer, RNG and loader state gathered into its checkpoints.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from diffusionlm.tokenizer.checks import check_tokenizer_matches_model
 from diffusionlm.tokenizer.io import load_tokenizer, save_tokenizer
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 from diffusionlm.training.export import export_safetensors
-from diffusionlm.training.grad_sync import GradSync, LocalGradSync
+from diffusionlm.training.grad_sync import GradSync
 from diffusionlm.training.loop import LoopHooks, LoopState, StepSettings, train_loop
 from diffusionlm.training.objective import Objective, build_objective
-from diffusionlm.training.optim import build_optimizer
-from diffusionlm.training.rng import capture_rng_state, restore_rng_state
+from diffusionlm.training.parallelize import Parallelized, parallelize
+from diffusionlm.training.rng import capture_rng_state, rank_seed, restore_rng_state
 from diffusionlm.training.sample import sample_text
 from diffusionlm.training.validation import Validator
 from diffusionlm.utils.checkpoint import (
@@ -51,6 +54,7 @@ from diffusionlm.utils.run_layout import (
     list_checkpoints,
     run_dir_of,
 )
+from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from logger import Logger, build_logger
 
 
@@ -62,8 +66,7 @@ class Trainer:
     run_dir: Path
     device: torch.device
     tokenizer: Tokenizer
-    model: TransformerLM
-    optimizer: torch.optim.Optimizer
+    parallel: Parallelized
     train_batches: StreamingBatches
     validator: Validator | None
     objective: Objective
@@ -71,9 +74,21 @@ class Trainer:
     logger: Logger
     checkpointer: Checkpointer
     state: LoopState = field(default_factory=LoopState)
-    grad_sync: GradSync = field(default_factory=LocalGradSync)
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """What the loop calls: the model, or its data-parallel wrapper."""
+        return self.parallel.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.parallel.optimizer
+
+    @property
+    def grad_sync(self) -> GradSync:
+        return self.parallel.grad_sync
 
 
 @dataclass
@@ -113,7 +128,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
-    name = config.logging.run_name or time.strftime("%Y%m%d-%H%M%S")
+    # Rank 0's clock names the run, so ranks that start a second apart agree.
+    name = config.logging.run_name or broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
     run_dir = config.checkpoint.runs_path / name
     if list_checkpoints(run_dir):
         raise InputError(f"{run_dir}: this run directory already holds checkpoints; continue it with "
@@ -128,13 +144,13 @@ def _write_run_files(config: TrainConfig, run_dir: Path, tokenizer: Tokenizer) -
     save_tokenizer(run_dir / TOKENIZER_DIRNAME, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
 
 
-def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int = 0, world_size: int = 1,
-                  grad_sync: GradSync | None = None) -> Trainer:
+def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int = 0, world_size: int = 1) -> Trainer:
     """Build (and on `resume`, restore) a run. Every user-fixable problem is an InputError
     raised before the run directory is touched, except a bad checkpoint, which never alters it.
 
     `resume="latest"` for a run that has no checkpoint yet (killed before its first save)
-    starts it from the beginning, with a one-line notice."""
+    starts it from the beginning, with a one-line notice. With world_size > 1 the process group
+    must be initialised (see `ddp.utils`); `[ddp]` then chooses the data-parallel implementation."""
     check_output_dir(config.checkpoint.runs_path, "checkpoint.runs_path")
     tokenizer = load_configured_tokenizer(config)
     device = resolve_device(config.training.device)
@@ -150,6 +166,7 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
     if resume is not None:
         checkpoint_file, checkpoint = resolve_and_load(resume, default_run_dir, map_location="cpu")
         check_same_model(checkpoint, config.model.model_dump(mode="json"), checkpoint_file)
+        _check_same_world_size(checkpoint, world_size, checkpoint_file)
         run_dir = run_dir_of(checkpoint_file)
     else:
         run_dir = _new_run_dir(config)
@@ -175,58 +192,77 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
         finally:
             val_batches.close()
 
-    noise_generator = seed_everything(training.seed)
+    noise_generator = seed_everything(training.seed)  # the same model initialisation on every rank
     model = TransformerLM(config.model).to(device)
-    optimizer = build_optimizer(model, config.optimizer)
-    if training.compile:
-        for block in model.blocks:
-            block.compile()
+    if rank:
+        noise_generator = seed_everything(rank_seed(training.seed, rank))  # but this rank's own noise
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    parallel = parallelize(model, config.optimizer, config.ddp, compile=training.compile)
 
     state = LoopState()
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        _restore_optimizer(optimizer, optimizer_shard(checkpoint, rank, world_size, checkpoint_file), checkpoint_file)
+        _restore_optimizer(parallel, optimizer_shard(checkpoint, rank, world_size, checkpoint_file), checkpoint_file)
         train_batches.load_state_dict(checkpoint["data"][rank])
-        restore_rng_state(checkpoint["rng"], noise_generator)
+        rng = checkpoint["rng"]
+        restore_rng_state(rng[rank] if rank in rng else rng, noise_generator)  # {rank: state} when world_size > 1
         state = LoopState(iteration=checkpoint["step"], optimizer_step=checkpoint["scheduler_step"],
                           skipped_steps=checkpoint["skipped_steps"])
     if rank == 0:
         _write_run_files(config, run_dir, tokenizer)
         remove_unfinished_saves(run_dir)
     config_dict = config.model_dump(mode="json")
-    return Trainer(config=config, run_dir=run_dir, device=device, tokenizer=tokenizer, model=model,
-                   optimizer=optimizer, train_batches=train_batches, validator=validator,
+    return Trainer(config=config, run_dir=run_dir, device=device, tokenizer=tokenizer, parallel=parallel,
+                   train_batches=train_batches, validator=validator,
                    objective=build_objective(config.model, training), noise_generator=noise_generator,
                    logger=build_logger(config.logging, config.wandb, run_dir=run_dir, config=config_dict, rank=rank),
                    checkpointer=Checkpointer(run_dir, config.checkpoint.keep_last_n, config_dict, rank,
                                              resumed_from=checkpoint_file),
-                   state=state, grad_sync=grad_sync or LocalGradSync(), rank=rank, world_size=world_size)
+                   state=state, rank=rank, world_size=world_size)
+
+
+def _check_same_world_size(checkpoint: dict, world_size: int, path: Path) -> None:
+    """Each rank's data stream is a function of (rank, world_size), so its saved position only
+    means something for the same number of ranks. (Model and optimizer state would load anywhere.)"""
+    saved = len(checkpoint["data"])
+    if saved != world_size:
+        raise InputError(f"{path}: written by a run with {saved} rank(s), this run has {world_size}; the data "
+                         f"streams are split per rank, so resume it with {saved} rank(s)")
 
 
 def _save_hook(trainer: Trainer):
+    """Collective: every rank contributes its optimizer share, RNG and loader state; rank 0 writes."""
+    parallel = trainer.parallel
+
     def save(state: LoopState, metrics: dict[str, float]) -> None:
+        model_state, optimizer_state = parallel.full_model_state(), parallel.optimizer_state()
+        rngs = gather_to_rank_zero(capture_rng_state(trainer.noise_generator))
+        loaders = gather_to_rank_zero(trainer.train_batches.state_dict())
+        if trainer.rank != 0:
+            return
         trainer.checkpointer.save(
             step=state.iteration, scheduler_step=state.optimizer_step, skipped_steps=state.skipped_steps,
-            model_state=trainer.model.state_dict(), optimizer_shards={trainer.rank: trainer.optimizer.state_dict()},
-            rng=capture_rng_state(trainer.noise_generator), data={trainer.rank: trainer.train_batches.state_dict()},
+            model_state=model_state, optimizer_shards={0: optimizer_state},
+            rng=rngs[0] if trainer.world_size == 1 else dict(enumerate(rngs)), data=dict(enumerate(loaders)),
             metrics=metrics)
     return save
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, source: Path) -> None:
+def _restore_optimizer(parallel: Parallelized, state: dict, source: Path) -> None:
     """Restore moments and step counts from `state` but keep this run's hyperparameters.
 
     torch's `load_state_dict` would bring back the saved groups' learning rates, betas and
     weight decay, silently overriding a changed `[optimizer]` section that config.toml records
     as in force; resuming to extend a run (a longer cosine) must use the new values.
     """
+    optimizer = parallel.optimizer
     saved_groups = state["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
         raise InputError(f"{source}: the checkpoint's optimizer has {len(saved_groups)} parameter groups, this config "
                          f"builds {len(optimizer.param_groups)} (was optimizer.optimizer_name changed?)")
     groups = [{**saved, **{key: value for key, value in current.items() if key != "params"}}
               for saved, current in zip(saved_groups, optimizer.param_groups)]
-    optimizer.load_state_dict({**state, "param_groups": groups})
+    parallel.load_optimizer_state({**state, "param_groups": groups})
 
 
 def _provenance_record(provenance: dict) -> dict[str, float | int | str]:
@@ -241,7 +277,8 @@ def run_training(trainer: Trainer) -> TrainResult:
     config, training = trainer.config, trainer.config.training
     settings = StepSettings(device=trainer.device, grad_accum_steps=training.grad_accum_steps,
                             optimizer_cfg=config.optimizer,
-                            autocast=lambda: autocast_context(trainer.device, training.dtype))
+                            autocast=lambda: autocast_context(trainer.device, training.dtype),
+                            clip_grad_norm=trainer.parallel.clip_grad_norm, global_mean=all_reduce_mean)
     batches = trainer.train_batches
     trainer.logger.log(_provenance_record(batches.provenance()), step=trainer.state.iteration)
     try:
@@ -250,18 +287,20 @@ def run_training(trainer: Trainer) -> TrainResult:
             noise_generator=trainer.noise_generator, grad_sync=trainer.grad_sync, settings=settings,
             validator=trainer.validator, logger=trainer.logger,
             hooks=LoopHooks(save_checkpoint=_save_hook(trainer), loader_metrics=batches.metrics,
-                            last_checkpoint=lambda: trainer.checkpointer.last_saved),
+                            last_checkpoint=lambda: trainer.checkpointer.last_saved,
+                            reduce_metrics=all_reduce_mean_metrics),
             state=trainer.state, max_iteration=training.max_train_iteration, log_every=config.logging.log_every,
             val_every=training.val_freq_iteration, save_every=training.ckpting_save_iter,
             nan_policy=training.nan_policy, log_activation_norms=config.logging.log_activation_norms,
             log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size)
         export_dir = sample = None
+        final_model = trainer.parallel.full_model()  # collective; the unsharded model on rank 0
         if trainer.rank == 0:
             if config.checkpoint.export_safetensors:
-                export_dir = export_safetensors(trainer.model, config.model, trainer.run_dir / EXPORT_DIRNAME)
+                export_dir = export_safetensors(final_model, config.model, trainer.run_dir / EXPORT_DIRNAME)
                 trainer.logger.log_artifact(export_dir, name="model", type="model")
             if training.sample_at_end:
-                sample = sample_text(trainer.model, trainer.tokenizer, config.model, trainer.device)
+                sample = sample_text(final_model.to(trainer.device), trainer.tokenizer, config.model, trainer.device)
                 trainer.logger.log({"sample": sample}, step=state.iteration)
                 print(f"--- sample from the final model ---\n{sample}\n---", file=sys.stderr, flush=True)
         return TrainResult(run_dir=trainer.run_dir, final_checkpoint=trainer.checkpointer.last_saved,

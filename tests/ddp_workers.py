@@ -207,8 +207,9 @@ def trainer_worker(rank: int, world_size: int, port: int, runs_path: str, config
 
     config = validate_config(TrainConfig, config_dict, "ddp test config")
     runs = Path(runs_path)
-    probe = build_trainer(config.model_copy(update={"logging": config.logging.model_copy(
-        update={"run_name": "probe"})}), rank=rank, world_size=world_size)
+    probe_config = config.model_copy(update={"logging": config.logging.model_copy(update={"run_name": "probe"}),
+                                             "training": config.training.model_copy(update={"skip_validation": True})})
+    probe = build_trainer(probe_config, rank=rank, world_size=world_size)
     observed = gather_to_rank_zero({"batch": next(probe.train_batches),
                                     "noise": torch.rand(16, generator=probe.noise_generator)})
     probe.train_batches.close()
@@ -224,3 +225,7 @@ def trainer_worker(rank: int, world_size: int, port: int, runs_path: str, config
     first = sorted((runs / "ddp_resumed" / "checkpoints").iterdir())[0]
     run_training(build_trainer(config, resume=str(first), rank=rank, world_size=world_size))
 
+
+def all_workers(rank: int, world_size: int, port: int, out_dir: str, runs_path: str, config_dict: dict) -> None:
+    equivalence_worker(rank, world_size, port, out_dir)
+    trainer_worker(rank, world_size, port, runs_path, config_dict)

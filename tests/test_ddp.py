@@ -22,10 +22,9 @@ import torch
 from ddp_workers import (
     SCENARIOS,
     WORLD_SIZE,
-    equivalence_worker,
+    all_workers,
     loopback_port,
     run_ranks,
-    trainer_worker,
     train_tiny,
 )
 from diffusionlm.errors import InputError
@@ -33,14 +32,29 @@ from diffusionlm.training.trainer import build_trainer
 from diffusionlm.utils.checkpoint import load_checkpoint
 from test_train_fixtures import REPO_ROOT, tiny_config, tiny_config_dict, write_tiny_toml
 
-WALL_S = 240
+WALL_S = 600  # generous: a hang fails the test, a loaded machine should not
 
 
 @pytest.fixture(scope="module")
-def equivalence(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp_equivalence")
-    run_ranks(equivalence_worker, (str(out),), wall_s=WALL_S)
-    return out
+def two_rank_runs(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """One spawn of 2 gloo ranks does all the recording (starting processes is the cost)."""
+    out, runs = tmp_path_factory.mktemp("ddp_equivalence"), tmp_path_factory.mktemp("ddp_runs")
+    config = tiny_config_dict(runs, training={"max_train_iteration": 4, "grad_accum_steps": 2, "ckpting_save_iter": 2,
+                                              "val_freq_iteration": 4},
+                              logging={"run_name": "ddp"}, optimizer={"optimizer_name": "muon"},
+                              ddp={"timeout_s": 60})
+    run_ranks(all_workers, (str(out), str(runs), config), wall_s=WALL_S)
+    return out, runs, config
+
+
+@pytest.fixture(scope="module")
+def equivalence(two_rank_runs) -> Path:
+    return two_rank_runs[0]
+
+
+@pytest.fixture(scope="module")
+def trained(two_rank_runs) -> tuple[Path, dict]:
+    return two_rank_runs[1], two_rank_runs[2]
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -80,17 +94,6 @@ def test_metrics_are_averaged_over_ranks(equivalence):
     assert torch.load(equivalence / "metrics.pt", weights_only=True) == {"metrics.loss": 0.5, "note": "kept"}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
-    runs = tmp_path_factory.mktemp("ddp_runs")
-    config = tiny_config_dict(runs, training={"max_train_iteration": 4, "grad_accum_steps": 2, "ckpting_save_iter": 2,
-                                              "val_freq_iteration": 4},
-                              logging={"run_name": "ddp"}, optimizer={"optimizer_name": "muon"},
-                              ddp={"timeout_s": 60})
-    run_ranks(trainer_worker, (str(runs), config), wall_s=WALL_S)
-    return runs, config
-
-
 def test_ranks_draw_different_noise_and_read_disjoint_data(trained):
     runs, _ = trained
     rank0, rank1 = torch.load(runs / "streams.pt", weights_only=True)
@@ -126,6 +129,13 @@ def test_resuming_a_two_rank_checkpoint_on_one_rank_fails_clearly(trained):
     with pytest.raises(InputError, match=r"2 rank\(s\), this run has 1"):
         build_trainer(tiny_config(runs, training=config["training"], optimizer=config["optimizer"],
                                   logging={"run_name": "ddp"}), resume=str(last))
+
+
+def test_train_ddp_dry_run_validates_the_shipped_config(capsys):
+    from cli.train_ddp import main
+
+    assert main(["--dry-run"]) == 0
+    assert "config OK" in capsys.readouterr().out
 
 
 def _children(pid: int) -> list[int]:

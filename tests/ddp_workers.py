@@ -200,10 +200,11 @@ def _unused_and_frozen(rank: int, out_dir: Path) -> None:
 
 
 def trainer_worker(rank: int, world_size: int, port: int, runs_path: str, config_dict: dict) -> None:
-    """Per-rank streams, a 2-rank run with checkpoints, and its resumption from the middle."""
+    """Per-rank streams; 2-rank runs with checkpoints (custom, then briefly torch and fsdp2) and
+    their resumption from the middle."""
     from config.io import validate_config
     from config.train import TrainConfig
-    from diffusionlm.training.trainer import build_trainer, run_training
+    from diffusionlm.training.trainer import build_trainer
 
     config = validate_config(TrainConfig, config_dict, "ddp test config")
     runs = Path(runs_path)
@@ -216,13 +217,29 @@ def trainer_worker(rank: int, world_size: int, port: int, runs_path: str, config
     if rank == 0:
         torch.save(observed, runs / "streams.pt")
 
+    _run_then_resume(config, runs, "ddp", rank, world_size)
+    for impl, optimizer_name in (("torch", "muon"), ("fsdp2", "adamw")):  # their checkpoint paths, briefly
+        short = config.model_copy(update={
+            "ddp": config.ddp.model_copy(update={"impl": impl}),
+            "optimizer": config.optimizer.model_copy(update={"optimizer_name": optimizer_name}),
+            "training": config.training.model_copy(update={"skip_validation": True, "grad_accum_steps": 1,
+                                                           "max_train_iteration": 2, "ckpting_save_iter": 1}),
+            "logging": config.logging.model_copy(update={"run_name": impl})})
+        _run_then_resume(short, runs, impl, rank, world_size)
+
+
+def _run_then_resume(config, runs: Path, name: str, rank: int, world_size: int) -> None:
+    """Run `name` to the end, then resume a copy of it from its first checkpoint as `<name>_resumed`."""
+    from diffusionlm.training.trainer import build_trainer, run_training
+
     run_training(build_trainer(config, rank=rank, world_size=world_size))
+    resumed = runs / f"{name}_resumed"
     if rank == 0:
-        shutil.copytree(runs / "ddp", runs / "ddp_resumed")
-        for path in sorted((runs / "ddp_resumed" / "checkpoints").iterdir())[1:]:
+        shutil.copytree(runs / name, resumed)
+        for path in sorted((resumed / "checkpoints").iterdir())[1:]:
             path.unlink()  # keep only the first checkpoint: the resumed run must write the rest itself
     dist.barrier()
-    first = sorted((runs / "ddp_resumed" / "checkpoints").iterdir())[0]
+    first = sorted((resumed / "checkpoints").iterdir())[0]
     run_training(build_trainer(config, resume=str(first), rank=rank, world_size=world_size))
 
 

@@ -111,14 +111,15 @@ def test_checkpoint_holds_every_ranks_loader_and_rng_state(trained):
     assert len(checkpoint["optimizer"][0]["state"]) == len(checkpoint["model"])  # all ranks' shares
 
 
-def test_resumed_two_rank_run_continues_identically(trained):
+@pytest.mark.parametrize(("name", "steps"), [("ddp", 4), ("torch", 2), ("fsdp2", 2)])
+def test_resumed_two_rank_run_continues_identically(trained, name, steps):
     runs, _ = trained
-    uninterrupted = load_checkpoint(sorted((runs / "ddp" / "checkpoints").iterdir())[-1])
-    resumed = load_checkpoint(sorted((runs / "ddp_resumed" / "checkpoints").iterdir())[-1])
-    assert resumed["step"] == uninterrupted["step"] == 4
+    uninterrupted = load_checkpoint(sorted((runs / name / "checkpoints").iterdir())[-1])
+    resumed = load_checkpoint(sorted((runs / f"{name}_resumed" / "checkpoints").iterdir())[-1])
+    assert resumed["step"] == uninterrupted["step"] == steps
     for key, value in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][key], value), key
-    for index, state in uninterrupted["optimizer"][0]["state"].items():
+    for index, state in uninterrupted["optimizer"][0]["state"].items():  # fsdp2 keys them by name
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(resumed["optimizer"][0]["state"][index][key]), torch.as_tensor(value))
 

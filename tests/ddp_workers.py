@@ -10,7 +10,6 @@ import contextlib
 import datetime
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from config.schemas import DDPConfig, ModelConfig, OptimizerConfig
 from ddp.ddp import DDP
+from ddp.launch import free_port
 from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, gather_to_rank_zero
 from diffusionlm.training.loop import StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective, ObjectiveOutput
@@ -55,20 +55,11 @@ SCENARIOS = {
 }
 
 
-def loopback_port() -> int:
-    """A free port on 127.0.0.1, or skip the test when loopback networking is unavailable."""
-    try:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-    except OSError as err:
-        pytest.skip(f"loopback networking unavailable ({err}); multi-process tests need 127.0.0.1")
-
-
 def run_ranks(worker, args: tuple, wall_s: float, world_size: int = WORLD_SIZE) -> None:
     """Run worker(rank, world_size, port, *args) on `world_size` spawned processes; fail the
-    test (after killing them) if they take longer than `wall_s` or any of them fails."""
-    port = loopback_port()
+    test (after killing them) if they take longer than `wall_s` or any of them fails. Tests
+    using it take the `loopback` fixture, which skips them where 127.0.0.1 is unusable."""
+    port = free_port()
     context = mp.start_processes(_bootstrap, args=(world_size, port, worker, args), nprocs=world_size,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + wall_s

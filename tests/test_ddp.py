@@ -23,7 +23,6 @@ from ddp_workers import (
     SCENARIOS,
     WORLD_SIZE,
     all_workers,
-    loopback_port,
     run_ranks,
     train_tiny,
 )
@@ -32,11 +31,13 @@ from diffusionlm.training.trainer import build_trainer
 from diffusionlm.utils.checkpoint import load_checkpoint
 from test_train_fixtures import REPO_ROOT, tiny_config, tiny_config_dict, write_tiny_toml
 
+pytestmark = pytest.mark.slow  # multi-process
+
 WALL_S = 600  # generous: a hang fails the test, a loaded machine should not
 
 
 @pytest.fixture(scope="module")
-def two_rank_runs(tmp_path_factory) -> tuple[Path, Path, dict]:
+def two_rank_runs(tmp_path_factory, loopback) -> tuple[Path, Path, dict]:
     """One spawn of 2 gloo ranks does all the recording (starting processes is the cost)."""
     out, runs = tmp_path_factory.mktemp("ddp_equivalence"), tmp_path_factory.mktemp("ddp_runs")
     config = tiny_config_dict(runs, training={"max_train_iteration": 4, "grad_accum_steps": 2, "ckpting_save_iter": 2,
@@ -153,8 +154,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the launcher's workers through /proc")
-def test_a_killed_rank_makes_the_launcher_and_the_other_rank_exit_nonzero(tmp_path):
-    loopback_port()  # skips without loopback
+def test_a_killed_rank_makes_the_launcher_and_the_other_rank_exit_nonzero(tmp_path, loopback):
     timeout_s = 20
     config = write_tiny_toml(tmp_path / "train.toml", tmp_path / "runs",
                              training={"max_train_iteration": 100000, "skip_validation": True,

@@ -22,6 +22,7 @@ from diffusionlm.diffusion.elbo import LikelihoodTally, conditional_log_likeliho
 from diffusionlm.errors import InputError
 from diffusionlm.inference.predictor import Predictor, SampleResult
 from diffusionlm.utils.device import autocast_context
+from diffusionlm.utils.threads import apply_num_threads
 
 VARIANT_SETTINGS = {
     "baseline": ("none", False), "prefix": ("prefix", False), "dual": ("dual", False),
@@ -103,8 +104,7 @@ def run_variant(predictor: Predictor, prompts: list[list[int]], inference: Infer
 
 def run_benchmark(config: BenchInferConfig) -> tuple[list[VariantResult], dict]:
     """Time every variant; returns the results and the shared settings (for the table header)."""
-    if config.benchmark.threads is not None:
-        torch.set_num_threads(config.benchmark.threads)
+    apply_num_threads(config.benchmark.num_threads)
     predictor = Predictor.load(config.inference.checkpoint, config.inference.device)
     prompts = benchmark_prompts(config, predictor)
     inference = config.inference

@@ -34,6 +34,7 @@ from diffusionlm.training.loop import StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective
 from diffusionlm.training.optim import build_optimizer
 from diffusionlm.utils.device import autocast_context, resolve_device
+from diffusionlm.utils.threads import apply_num_threads
 
 LEARNING_RATE = 3e-4
 REFERENCE_ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
@@ -132,8 +133,7 @@ def run_bench_train(config: BenchTrainConfig) -> list[dict]:
     ref = load_reference(config.reference_path)
     device = resolve_device(config.device, field="device")
     cuda = device.type == "cuda"
-    if config.benchmark.threads and not cuda:
-        torch.set_num_threads(config.benchmark.threads)
+    apply_num_threads(config.benchmark.num_threads)
     preset = config.preset if config.preset != "auto" else ("gpt2-small" if cuda else "cpu-small")
     shape = ref.PRESETS[preset]
     V, d, L, h, T, B = (shape[k] for k in ("vocab", "d_model", "layers", "heads", "ctx", "batch"))

@@ -53,8 +53,10 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
     from diffusionlm.diffusion.elbo import evaluate_perplexity
     from diffusionlm.inference.predictor import Predictor
     from diffusionlm.utils.device import autocast_context
+    from diffusionlm.utils.threads import apply_num_threads
 
     settings = config.eval
+    num_threads = apply_num_threads(settings.num_threads)
     predictor = Predictor.load(settings.checkpoint, settings.device)
     model_config, tokenizer = predictor.config, predictor.tokenizer
     method = settings.method if settings.method != "auto" else ("exact" if model_config.causal else "elbo")
@@ -95,7 +97,7 @@ def _run(config: EvalConfig, args: argparse.Namespace) -> int:
           f"{report.num_documents} document ends")
     print(json.dumps({
         "params.method": method, "params.weights": str(predictor.source),
-        "params.sequence_length": settings.sequence_length,
+        "params.sequence_length": settings.sequence_length, "params.num_threads": num_threads,
         "params.noise_epsilon": noise_epsilon if method == "elbo" else None,
         "params.num_samples": settings.num_samples if method == "elbo" else None,
         "params.mc_num": settings.mc_num if method == "conditional" else None,

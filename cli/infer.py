@@ -58,8 +58,10 @@ class CanvasStream:
 
 def _run(config: InferConfig, args: argparse.Namespace) -> int:
     from diffusionlm.inference.predictor import Predictor
+    from diffusionlm.utils.threads import apply_num_threads
 
     inference = config.inference
+    num_threads = apply_num_threads(inference.num_threads)
     predictor = Predictor.load(inference.checkpoint, inference.device)
     encoded = predictor.encode_prompts([inference.prompt], inference)
     stream = None
@@ -77,6 +79,7 @@ def _run(config: InferConfig, args: argparse.Namespace) -> int:
     record |= {
         "params.weights": str(predictor.source),
         "params.gen_length": sample.result.gen_length,
+        "params.num_threads": num_threads,
         "text.prompt": completion.prompt,
         "text.output": completion.text,
         "metrics.latency_ms": round(sample.latency_s * 1000, 3),

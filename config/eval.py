@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.schemas import AUTOCAST_PRECISION, DataConfig, Device, Precision, Section
+from config.schemas import AUTOCAST_PRECISION, DataConfig, Device, NumThreads, Precision, Section
 
 
 class EvalSection(Section):
@@ -21,6 +21,7 @@ class EvalSection(Section):
                              description="run directory (newest checkpoint), a checkpoint .pt, or an export/ directory")
     device: Device = "auto"
     dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
+    num_threads: NumThreads = None
     method: Literal["auto", "elbo", "conditional", "exact"] = Field(
         "auto", description="auto: exact for causal models, elbo otherwise")
     text_file: Path | None = Field(None, description="UTF-8 text to score; leave out for [data]'s validation split")

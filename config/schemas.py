@@ -9,7 +9,7 @@ point's schema.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,10 @@ class Section(BaseModel):
 Device = Literal["auto", "cpu", "cuda"] | str
 # The choice lists and defaults that more than one section (or the library) relies on, written once.
 Precision = Literal["float32", "bfloat16"]
+# CPU threads for torch; None (the default everywhere) resolves to $OMP_NUM_THREADS, else the
+# machine's usable cores (diffusionlm.utils.threads, applied and reported at start).
+NumThreads = Annotated[Annotated[int, Field(gt=0)] | None,
+                       Field(description="torch CPU threads; unset: $OMP_NUM_THREADS, else all usable cores")]
 AUTOCAST_PRECISION: Precision = "bfloat16"  # CUDA autocast dtype unless configured otherwise
 RemaskingStrategy = Literal["low_confidence", "random", "margin", "entropy"]
 KVCacheMode = Literal["none", "prefix", "dual"]
@@ -147,6 +151,7 @@ class TrainingConfig(Section):
     device: Device = "auto"
     dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
     compile: bool = False
+    num_threads: NumThreads = None
     seed: int = 0
     batch_size: int = Field(gt=0)
     grad_accum_steps: int = Field(1, gt=0)
@@ -240,6 +245,7 @@ class InferenceConfig(Section):
     seed: int = 0
     device: Device = "auto"
     dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
+    num_threads: NumThreads = None
 
 
 class BenchmarkConfig(Section):
@@ -247,4 +253,4 @@ class BenchmarkConfig(Section):
 
     warmup_steps: int = Field(3, ge=0)
     timed_steps: int = Field(10, gt=0)
-    threads: int | None = Field(None, gt=0, description="torch.set_num_threads on CPU")
+    num_threads: NumThreads = None

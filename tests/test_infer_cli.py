@@ -63,9 +63,10 @@ def test_prints_the_text_and_one_json_line(run_dir, capsys):
 
 
 def test_loads_an_export_directory(run_dir, capsys):
-    assert main(infer(run_dir / "export", "--set", "inference.stop_at_eos=false")) == 0
+    assert main(infer(run_dir / "export", "--set", "inference.stop_at_eos=false", "--set", "inference.num_threads=1")) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["params.weights"].endswith("model.safetensors")
+    assert record["params.num_threads"] == 1 == torch.get_num_threads()  # applied and reported
 
 
 def test_export_and_checkpoint_give_the_same_text(run_dir, capsys):

@@ -54,6 +54,7 @@ from diffusionlm.utils.run_layout import (
     list_checkpoints,
     run_dir_of,
 )
+from diffusionlm.utils.threads import apply_num_threads
 from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from logger import Logger, build_logger
 
@@ -155,6 +156,7 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
     tokenizer = load_configured_tokenizer(config)
     device = resolve_device(config.training.device)
     training = config.training
+    apply_num_threads(training.num_threads)
 
     checkpoint = checkpoint_file = None
     default_run_dir = (config.checkpoint.runs_path / config.logging.run_name) if config.logging.run_name else None
@@ -280,7 +282,8 @@ def run_training(trainer: Trainer) -> TrainResult:
                             autocast=lambda: autocast_context(trainer.device, training.dtype),
                             clip_grad_norm=trainer.parallel.clip_grad_norm, global_mean=all_reduce_mean)
     batches = trainer.train_batches
-    trainer.logger.log(_provenance_record(batches.provenance()), step=trainer.state.iteration)
+    trainer.logger.log(_provenance_record(batches.provenance()) | {"params.num_threads": torch.get_num_threads()},
+                       step=trainer.state.iteration)
     try:
         state = train_loop(
             trainer.model, trainer.optimizer, lambda: next(batches), objective=trainer.objective,

@@ -1,0 +1,52 @@
+"""The one rule for torch's CPU thread count: the setting, else OMP_NUM_THREADS, else the cores."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from config.schemas import InferenceConfig, TrainingConfig
+from diffusionlm.errors import InputError
+from diffusionlm.utils.threads import apply_num_threads, default_num_threads
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_omp_num_threads_is_honoured(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_num_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")  # OpenMP's nested form: the outer level counts
+    assert default_num_threads() == 2
+
+
+def test_without_the_variable_every_usable_core(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_num_threads() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-1"])
+def test_a_bad_variable_is_an_input_error(monkeypatch, value):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    with pytest.raises(InputError, match="OMP_NUM_THREADS"):
+        default_num_threads()
+
+
+def test_the_setting_wins_and_is_applied(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert apply_num_threads(1) == 1 and torch.get_num_threads() == 1
+    assert apply_num_threads(None) == 2 and torch.get_num_threads() == 2
+
+
+def test_sections_default_to_the_rule_and_reject_zero():
+    assert TrainingConfig(batch_size=1, max_train_iteration=1).num_threads is None
+    assert InferenceConfig().num_threads is None
+    with pytest.raises(ValueError):
+        InferenceConfig(num_threads=0)

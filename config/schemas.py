@@ -242,6 +242,8 @@ class InferenceConfig(Section):
     stop_at_eos: bool = True
     kv_cache: KVCacheMode = "none"
     threshold: float | None = Field(None, gt=0, le=1, description="parallel decoding: commit tokens with confidence >= this")
+    cache_refresh_every: int | None = Field(None, gt=0, description="kv_cache: also refresh every n steps inside a block")
+    compile: bool = Field(False, description="torch.compile the fixed-shape forwards (CUDA graphs on CUDA)")
     seed: int = 0
     device: Device = "auto"
     dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")

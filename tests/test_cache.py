@@ -113,3 +113,53 @@ def test_threshold_of_one_commits_one_token_per_step_per_row(model):
                       temperature=1.0, remasking="random", generator=torch.Generator().manual_seed(0))
     assert result.nfe == 16
     assert result.committed_per_step == [1] * 16
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_refreshing_at_every_step_is_the_uncached_sampler_exactly(model, mode, threshold):
+    prompt = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(5))
+    kwargs = dict(steps=32, gen_length=64, block_length=16, mask_id=MASK_ID, threshold=threshold)
+    plain = generate(model, prompt, kv_cache="none", **kwargs)
+    refreshed = generate(model, prompt, kv_cache=mode, cache_refresh_every=1, **kwargs)
+    assert torch.equal(refreshed.tokens, plain.tokens) and refreshed.nfe == plain.nfe
+
+
+@torch.no_grad()
+def test_a_refresh_inside_the_block_sees_the_committed_tokens(model):
+    canvas, prompt_mask, attention_mask, positions = left_padded_canvas()
+    kwargs = dict(cfg_scale=0.0, mask_id=MASK_ID, prompt_mask=prompt_mask, attention_mask=attention_mask,
+                  positions=positions)
+    stale, refreshed = (BlockDenoiser(model, kv_cache="dual", refresh_every=every, **kwargs) for every in (None, 2))
+    plain = BlockDenoiser(model, kv_cache="none", **kwargs)
+    for denoiser in (stale, refreshed, plain):
+        denoiser.start_block(12, 20)
+        denoiser(canvas)  # step 1: a full forward for all three
+    canvas[:, 16:18] = 9  # commit two tokens of the block; the suffix keys now lag behind
+    assert not torch.allclose(stale(canvas), plain(canvas), atol=1e-4)  # step 2: block only, stale suffix
+    assert not torch.allclose(refreshed(canvas), plain(canvas), atol=1e-4)  # so is `refreshed`'s step 2
+    assert torch.allclose(refreshed(canvas), plain(canvas), atol=1e-5)  # its step 3 is a refresh
+    assert refreshed.nfe == 3
+
+
+@torch.no_grad()
+def test_the_dual_cache_step_compiles_without_graph_breaks(model):
+    canvas, prompt_mask, attention_mask, positions = left_padded_canvas()
+    denoiser = BlockDenoiser(model, kv_cache="dual", cfg_scale=0.0, mask_id=MASK_ID, prompt_mask=prompt_mask,
+                             attention_mask=attention_mask, positions=positions)
+    denoiser.start_block(12, 20)
+    denoiser(canvas)  # records the cache
+    denoiser.cache.write_at(denoiser._write_index)
+    explanation = torch._dynamo.explain(model.forward_hidden)(canvas[:, 12:20], attention_mask, positions[:, 12:20],
+                                                              kv_cache=denoiser.cache)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["none", "dual"])
+def test_compiled_sampler_gives_the_eager_tokens(model, mode):
+    prompt = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(6))
+    kwargs = dict(steps=16, gen_length=32, block_length=16, mask_id=MASK_ID, kv_cache=mode, threshold=0.3)
+    eager = generate(model, prompt, **kwargs)
+    compiled = generate(model, prompt, compile=True, **kwargs)
+    assert torch.equal(compiled.tokens, eager.tokens) and compiled.nfe == eager.nfe

@@ -140,6 +140,8 @@ def generate(
     vocab_limit: int | None = None,
     kv_cache: str = "none",
     threshold: float | None = None,
+    cache_refresh_every: int | None = None,
+    compile: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> GenerationResult:
     """Sample `gen_length` tokens after each prompt of `prompt_ids` (B, Lp) (or (Lp,)).
@@ -154,6 +156,8 @@ def generate(
     only, whatever else is in the batch).
     vocab_limit: the tokenizer's size; ids at or above it (embedding padding) are never sampled.
     kv_cache / threshold: Fast-dLLM's caches and parallel decoding (see cache.py).
+    cache_refresh_every / compile: the cache's refresh interval inside a block and compiled
+    fixed-shape forwards (see `BlockDenoiser`).
     """
     if prompt_ids.dim() == 1:
         prompt_ids = prompt_ids[None]
@@ -180,7 +184,8 @@ def generate(
                                banned_ids=(eos_token_id,) if logits_eos_inf else (), device=device)
     deferred = tuple(i for i in (eos_token_id, eot_token_id) if i is not None) if confidence_eos_eot_inf else ()
     denoiser = BlockDenoiser(model, kv_cache=kv_cache, cfg_scale=cfg_scale, mask_id=mask_id, prompt_mask=prompt_mask,
-                             attention_mask=attention_mask, positions=positions)
+                             attention_mask=attention_mask, positions=positions, refresh_every=cache_refresh_every,
+                             compile=compile)
     committed: list[torch.Tensor] = []  # per step, kept on the device: reading each would sync
 
     def denoise_step(block_index: int, window: torch.Tensor, select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

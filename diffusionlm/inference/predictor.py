@@ -273,7 +273,8 @@ class Predictor:
                 eos_token_id=eos_id, eot_token_id=self.config.eot_token_id, logits_eos_inf=inference.logits_eos_inf,
                 confidence_eos_eot_inf=inference.confidence_eos_eot_inf, stop_at_eos=inference.stop_at_eos,
                 attention_mask=attention_mask, generator=generator, vocab_limit=self.tokenizer.vocab_size,
-                kv_cache=inference.kv_cache, threshold=inference.threshold, on_step=on_step,
+                kv_cache=inference.kv_cache, threshold=inference.threshold,
+                cache_refresh_every=inference.cache_refresh_every, compile=inference.compile, on_step=on_step,
             )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

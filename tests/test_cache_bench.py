@@ -23,7 +23,8 @@ warmup_steps = 0
 timed_steps = 1
 
 [bench_infer]
-variants = ["baseline", "dual+threshold"]
+variants = ["baseline", "dual+threshold+refresh2"]
+rounds = 2
 num_prompts = 2
 prompt_tokens = 4
 quality_mc_num = 4
@@ -44,10 +45,11 @@ def test_runs_with_a_data_section_and_reports_every_variant(tmp_path, capsys):
     assert main(["--config", str(config)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]
-    assert [r["metrics.name"] for r in records] == ["baseline", "dual+threshold"]
+    assert [r["metrics.name"] for r in records] == ["baseline", "dual+threshold+refresh2"]
     baseline, fast = records
     assert baseline["params.gen_length"] == 28 and baseline["metrics.nfe"] == 24
     assert fast["metrics.nfe"] <= 28  # threshold decoding: at least one token per step
     assert baseline["metrics.agreement"] == 1.0
     assert all(r["metrics.tokens_per_s"] > 0 and r["metrics.nll_per_token"] > 0 for r in records)
-    assert "speedup" in lines[1]
+    assert "speedup" in lines[1] and "spread" in lines[1]
+    assert all(r["params.rounds"] == 2 and r["metrics.latency_spread"] >= 0 for r in records)

@@ -24,5 +24,5 @@ class BenchTrainConfig(BaseModel):
     device: Device = "auto"
     compile: bool = False
     rounds: int = Field(6, gt=0, description="alternations of reference and ours")
-    peak_tflops: float = Field(989.0, gt=0)
+    peak_tflops: float | None = Field(None, gt=0, description="device peak for MFU; unset: known CUDA devices only")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)

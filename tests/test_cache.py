@@ -156,10 +156,10 @@ def test_the_dual_cache_step_compiles_without_graph_breaks(model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["none", "dual"])
-def test_compiled_sampler_gives_the_eager_tokens(model, mode):
+@pytest.mark.parametrize(("mode", "threshold"), [("none", None), ("dual", 0.3)])
+def test_compiled_sampler_gives_the_eager_tokens(model, mode, threshold):
     prompt = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(6))
-    kwargs = dict(steps=16, gen_length=32, block_length=16, mask_id=MASK_ID, kv_cache=mode, threshold=0.3)
+    kwargs = dict(steps=16, gen_length=32, block_length=16, mask_id=MASK_ID, kv_cache=mode, threshold=threshold)
     eager = generate(model, prompt, **kwargs)
     compiled = generate(model, prompt, compile=True, **kwargs)
     assert torch.equal(compiled.tokens, eager.tokens) and compiled.nfe == eager.nfe

@@ -18,6 +18,7 @@ denoiser below runs the plain full forward at every step.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from typing import get_args
@@ -84,7 +85,8 @@ class KVCache:
 
 
 # One compiled forward per model and mode, kept for the model's lifetime: a fresh torch.compile
-# wrapper per generation would recompile every time.
+# wrapper per generation would recompile every time. The compiled function is the unbound
+# method, so the cache holds no reference to the model and does not keep it alive.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -95,8 +97,8 @@ def compiled_forward_hidden(model: nn.Module, device: torch.device) -> Callable[
     mode = "reduce-overhead" if device.type == "cuda" else None
     per_model = _COMPILED.setdefault(model, {})
     if mode not in per_model:
-        per_model[mode] = torch.compile(model.forward_hidden, mode=mode)
-    return per_model[mode]
+        per_model[mode] = torch.compile(type(model).forward_hidden, mode=mode)
+    return functools.partial(per_model[mode], model)
 
 
 class BlockDenoiser:

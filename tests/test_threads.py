@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -50,3 +51,17 @@ def test_sections_default_to_the_rule_and_reject_zero():
     assert InferenceConfig().num_threads is None
     with pytest.raises(ValueError):
         InferenceConfig(num_threads=0)
+
+
+def test_training_applies_and_logs_its_thread_count(tmp_path, capsys):
+    from test_train_fixtures import tiny_config
+
+    from diffusionlm.training.trainer import build_trainer, run_training
+
+    config = tiny_config(tmp_path, training={"num_threads": 1, "max_train_iteration": 2, "val_freq_iteration": 2,
+                                             "ckpting_save_iter": 2, "skip_validation": True})
+    torch.set_num_threads(2)
+    run_training(build_trainer(config))
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["params.num_threads"] for r in records if "params.num_threads" in r] == [1]
+    assert torch.get_num_threads() == 1

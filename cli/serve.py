@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 
 from cli.utils import run_cli
 from config.serve import ServeConfig
@@ -24,6 +25,9 @@ def _run(config: ServeConfig, args: argparse.Namespace) -> int:
 
     from diffusionlm.serving.app import create_app
     from diffusionlm.serving.listen import bind, url_of
+    from diffusionlm.utils.threads import apply_num_threads
+
+    print(f"num_threads: {apply_num_threads(config.inference.num_threads)}", file=sys.stderr, flush=True)
 
     failures: list[BaseException] = []
     server: uvicorn.Server | None = None

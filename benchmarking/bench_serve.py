@@ -25,6 +25,7 @@ from config.serve import ServeConfig
 from diffusionlm.inference.predictor import Predictor
 from diffusionlm.serving.app import create_app
 from diffusionlm.serving.listen import BackgroundServer
+from diffusionlm.utils.threads import apply_num_threads
 
 
 @dataclass
@@ -134,8 +135,7 @@ def run_mode(predictor: Predictor, config: BenchServeConfig, mode: str, max_batc
 
 
 def run_benchmark(config: BenchServeConfig) -> tuple[list[RunResult], dict]:
-    if config.benchmark.threads is not None:
-        torch.set_num_threads(config.benchmark.threads)
+    apply_num_threads(config.benchmark.num_threads)
     predictor = Predictor.load(config.inference.checkpoint, config.inference.device)
     batched, batched_texts = run_mode(predictor, config, "batched", config.server.max_batch_size)
     sequential, sequential_texts = run_mode(predictor, config, "sequential", 1)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("loopback")
 def test_reports_both_runs_with_every_request_answered_once(tmp_path, capsys):
     export = write_export(tmp_path / "export")
     args = ["--set", f"inference.checkpoint={json.dumps(str(export))}", "--set", "inference.device=cpu",
-            "--set", "inference.steps=8", "--set", "inference.block_length=8", "--set", "benchmark.threads=1",
+            "--set", "inference.steps=8", "--set", "inference.block_length=8", "--set", "benchmark.num_threads=1",
             "--set", "bench_serve.clients=3", "--set", "bench_serve.requests_per_client=2",
             "--set", "bench_serve.max_tokens=8", "--set", "server.max_batch_size=3", "--set", "server.max_wait_ms=200"]
     assert main(args) == 0

@@ -10,7 +10,11 @@
 #    compiled / CUDA graphs);
 # 3. the gpu-marked tests.
 # Python: $PYTHON, else the project's .venv, else python3 (the GPU image's torch). A package
-# missing there can be carried as wheels in ./.whl (installed with --no-index, offline).
+# missing there can be carried as wheels in ./.whl (installed with --no-index, offline), made
+# beforehand on a machine with an index, for the GPU image's Python (3.12), e.g.:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#     pydantic pydantic-core annotated-types typing-inspection datasets dill multiprocess tomli-w
+# The reference script is ../shared/reference/ref_bench.py, or shared/reference/ in the checkout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_results}}"

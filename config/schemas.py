@@ -30,6 +30,10 @@ RemaskingStrategy = Literal["low_confidence", "random", "margin", "entropy"]
 KVCacheMode = Literal["none", "prefix", "dual"]
 NOISE_EPSILON = 1e-3  # floor of the mask probability: p_mask = (1 - eps) * t + eps
 
+# `[data].document_separator` values with a meaning of their own; any other string is a separator.
+DOCUMENT_PER_LINE = "line"
+DOCUMENT_PER_BLANK_LINE = "blank_line"
+
 
 class ModelConfig(Section):
     """`[model]`: the Transformer's architecture and the token ids it reserves."""
@@ -171,12 +175,22 @@ class DataConfig(Section):
     train_split: str = "train"
     val_split: str | None = "validation"
     text_field: str = "text"
+    document_separator: str = Field(
+        DOCUMENT_PER_LINE, min_length=1,
+        description='text files: "line" (a document per line), "blank_line", or a separator such as "<|endoftext|>"')
     mode: Literal["pack", "pad"] = Field("pack", description="pack rows into full windows, or one row per sequence")
     shuffle_buffer_size: int = Field(1000, ge=0)
     shuffle_seed: int = 0
     num_workers: int = Field(0, ge=0, description="tokenizer worker processes (0: in the training process)")
     hub_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for the Hugging Face Hub before failing (offline check)")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+
+    @model_validator(mode="after")
+    def _check_document_separator(self) -> DataConfig:
+        if self.document_separator != DOCUMENT_PER_LINE and self.dataset_name != "text":
+            raise ValueError(f'document_separator applies to dataset_name = "text" only (this one is '
+                             f'{self.dataset_name!r}, whose rows are already documents); leave it "line"')
+        return self
 
 
 class LoggingConfig(Section):

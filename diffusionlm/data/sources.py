@@ -5,7 +5,9 @@ materialised up front:
 - "builtin": the procedural story corpus (`diffusionlm.data.corpus`) wrapped with
   `IterableDataset.from_generator`, so it flows through exactly the same code as any dataset;
 - a packaged loader ("json", "text", "parquet", "csv", "arrow") with `data_files`, or a local
-  directory of such files (note: the "text" loader yields one row per line);
+  directory of such files. The "text" loader yields one row per line; `[data].document_separator`
+  regroups a text file's lines into documents (`diffusionlm.data.documents`). Files on the Hub
+  are named `hf://datasets/OWNER/NAME/PATH`;
 - a Hugging Face Hub name (+ `dataset_config`). The Hub is probed first with a short timeout so
   a machine without network fails in seconds with one clear line instead of hanging in retries.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +27,9 @@ from pathlib import Path
 import datasets
 import pyarrow
 
-from config.schemas import DataConfig
+from config.schemas import DOCUMENT_PER_LINE, DataConfig
 from diffusionlm.data import corpus
+from diffusionlm.data.documents import group_lines
 from diffusionlm.errors import InputError
 
 BUILTIN = "builtin"
@@ -75,6 +79,7 @@ class RowSource:
     label: str  # "json[train]" or "roneneldan/TinyStories[validation]": used in every message
     text_field: str
     provenance: dict
+    document_separator: str = DOCUMENT_PER_LINE  # how a text file's lines become documents (documents.py)
 
     @property
     def num_shards(self) -> int:
@@ -84,8 +89,7 @@ class RowSource:
         """The text of every row, shard by shard in `shard_order`, checked for type."""
         for shard in shard_order:
             rows = self.dataset if self.num_shards == 1 else self.dataset.shard(self.num_shards, shard)
-            for row in self._read(rows):
-                yield self._text(row)
+            yield from group_lines((self._text(row) for row in self._read(rows)), self.document_separator)
 
     def _read(self, rows: datasets.IterableDataset) -> Iterator[dict]:
         """Iterate `rows`, turning the loaders' decoding errors into one-line `InputError`s."""
@@ -127,8 +131,9 @@ def open_source(config: DataConfig, split: str) -> RowSource:
         "fingerprint": fingerprint,
         "num_shards": dataset.num_shards,
         "text_field": config.text_field,
+        "document_separator": config.document_separator,
     }
-    return RowSource(dataset, label, config.text_field, provenance)
+    return RowSource(dataset, label, config.text_field, provenance, config.document_separator)
 
 
 def _open_builtin(split: str, label: str) -> tuple[datasets.IterableDataset, list[str], str]:
@@ -152,10 +157,12 @@ def _open_datasets(config: DataConfig, split: str, label: str) -> tuple[datasets
     is_local = name in PACKAGED_LOADERS or Path(name).is_dir()
     if name in PACKAGED_LOADERS and config.data_files is None:
         raise InputError(f'[data].data_files: dataset_name = "{name}" needs data_files (a path, glob or list)')
-    if not is_local:
-        _check_hub_reachable(name, config.hub_timeout_s)
+    for repo in ([] if is_local else [name]) + _hub_repos(config.data_files):
+        _check_hub_reachable(repo, config.hub_timeout_s)
+    # Grouping lines into documents needs their line breaks, to keep the newlines inside a document.
+    options = {"keep_linebreaks": True} if config.document_separator != DOCUMENT_PER_LINE else {}
     try:
-        builder = datasets.load_dataset_builder(name, config.dataset_config, data_files=config.data_files)
+        builder = datasets.load_dataset_builder(name, config.dataset_config, data_files=config.data_files, **options)
         dataset = builder.as_streaming_dataset(split=split)
     except StopIteration:  # the json loader inferring features from no file, or from empty ones
         raise InputError(f"dataset {label}: data.data_files = {json.dumps(config.data_files)} gives this split "
@@ -197,6 +204,19 @@ def _check_hub_reachable(name: str, timeout_s: float) -> None:
             f"dataset_name {name!r}: cannot reach the Hugging Face Hub ({type(err).__name__}: {_first_line(err)}); "
             f"{_OFFLINE_HINT}"
         ) from None
+
+
+def _hub_repos(data_files: str | list | dict | None) -> list[str]:
+    """The Hub datasets that `data_files` names with `hf://datasets/OWNER/NAME/...` paths."""
+    if isinstance(data_files, dict):
+        files = [file for value in data_files.values() for file in ([value] if isinstance(value, str) else value)]
+    else:
+        files = [data_files] if isinstance(data_files, str) else list(data_files or [])
+    repos = {match.group(1) for file in files if (match := _HF_DATASET_PATH.match(file))}
+    return sorted(repos)
+
+
+_HF_DATASET_PATH = re.compile(r"hf://datasets/([^/@]+/[^/@]+)")
 
 
 def _fingerprint(name: str, dataset_config: str | None, split: str, files: list[str]) -> str:

@@ -144,6 +144,7 @@ class StreamingBatches:
             "world_size": self.world_size,
             "order_seed": self.order_seed,
             "mode": self.config.mode,
+            "document_separator": self.config.document_separator,
             "context_length": self.context_length,
             "shuffle_buffer_size": self.config.shuffle_buffer_size,
         }
@@ -151,8 +152,8 @@ class StreamingBatches:
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` was saved; the stream is rebuilt at the next batch."""
         for key, value in self._stream_identity().items():
-            if state[key] != value:
-                raise InputError(f"data loader state: {key} was {state[key]!r} when saved, "
+            if state.get(key) != value:
+                raise InputError(f"data loader state: {key} was {state.get(key)!r} when saved, "
                                  f"this run has {value!r}; the stream cannot be resumed")
         if state["fingerprint"] != self.source.provenance["fingerprint"]:
             logger.warning("dataset %s changed since the loader state was saved (fingerprint %s -> %s); resuming anyway",

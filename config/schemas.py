@@ -166,10 +166,15 @@ class TrainingConfig(Section):
     sample_at_end: bool = Field(True, description="print a short sample from the final model")
 
 
+# `[data].dataset_name` for a token file written by diffusionlm-make-data (`data_files` names the .dat files).
+MEMMAP_DATASET = "memmap"
+
+
 class DataConfig(Section):
     """`[data]`: a streaming `datasets` source, its tokenizer, and how rows become sequences."""
 
-    dataset_name: str = Field("builtin", description='"builtin" (procedural stories), a Hub name, or json/text/parquet')
+    dataset_name: str = Field(
+        "builtin", description='"builtin" (procedural stories), a Hub name, json/text/parquet, or "memmap" (.dat files)')
     dataset_config: str | None = None
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
     train_split: str = "train"
@@ -178,6 +183,10 @@ class DataConfig(Section):
     document_separator: str = Field(
         DOCUMENT_PER_LINE, min_length=1,
         description='text files: "line" (a document per line), "blank_line", or a separator such as "<|endoftext|>"')
+    token_field: str | None = Field(
+        None, description="pre-tokenized rows (diffusionlm-make-data parquet): the column of token ids, used as is")
+    memmap_windows: Literal["random", "sequential"] = Field(
+        "random", description='"memmap" training windows: a seeded shuffle per epoch, or in file order')
     mode: Literal["pack", "pad"] = Field("pack", description="pack rows into full windows, or one row per sequence")
     shuffle_buffer_size: int = Field(1000, ge=0)
     shuffle_seed: int = 0
@@ -186,10 +195,16 @@ class DataConfig(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
 
     @model_validator(mode="after")
-    def _check_document_separator(self) -> DataConfig:
+    def _check_source_options(self) -> DataConfig:
         if self.document_separator != DOCUMENT_PER_LINE and self.dataset_name != "text":
             raise ValueError(f'document_separator applies to dataset_name = "text" only (this one is '
                              f'{self.dataset_name!r}, whose rows are already documents); leave it "line"')
+        if self.dataset_name == MEMMAP_DATASET:
+            if self.data_files is None:
+                raise ValueError('dataset_name = "memmap" needs data_files: the .dat file(s), e.g. '
+                                 '{ train = "out/train.dat", validation = "out/validation.dat" }')
+            if self.mode != "pack" or self.token_field is not None:
+                raise ValueError('dataset_name = "memmap" holds one token stream: use mode = "pack" and no token_field')
         return self
 
 

@@ -100,19 +100,30 @@ class RowSource:
         except _ROW_READ_ERRORS as err:
             raise InputError(f"dataset {self.label}: cannot read rows: {_first_line(err)}") from None
 
+    def iter_token_rows(self, shard_order: Sequence[int], token_field: str) -> Iterator[list[int]]:
+        """The token ids of every pre-tokenized row (column `token_field`), shard by shard."""
+        for shard in shard_order:
+            rows = self.dataset if self.num_shards == 1 else self.dataset.shard(self.num_shards, shard)
+            for row in self._read(rows):
+                ids = self._field(row, token_field, "token_field", list, "a list of token ids")
+                if ids and not isinstance(ids[0], int):
+                    raise InputError(f"dataset {self.label}: field {token_field!r} holds {type(ids[0]).__name__}s, "
+                                     "expected token ids")
+                yield ids
+
     def _text(self, row: dict) -> str:
+        return self._field(row, self.text_field, "text_field", str, "a string")
+
+    def _field(self, row: dict, name: str, setting: str, kind: type, expected: str):
         try:
-            text = row[self.text_field]
+            value = row[name]
         except KeyError:
             raise InputError(
-                f"dataset {self.label}: row has no field {self.text_field!r} (fields: {sorted(row)}); "
-                "set [data].text_field"
+                f"dataset {self.label}: row has no field {name!r} (fields: {sorted(row)}); set [data].{setting}"
             ) from None
-        if not isinstance(text, str):
-            raise InputError(
-                f"dataset {self.label}: field {self.text_field!r} holds {type(text).__name__}, expected a string"
-            )
-        return text
+        if not isinstance(value, kind):
+            raise InputError(f"dataset {self.label}: field {name!r} holds {type(value).__name__}, expected {expected}")
+        return value
 
 
 def open_source(config: DataConfig, split: str) -> RowSource:

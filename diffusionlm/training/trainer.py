@@ -24,7 +24,7 @@ import torch
 
 from config.io import write_config
 from config.train import TrainConfig
-from diffusionlm.data.streaming import StreamingBatches
+from diffusionlm.data.batches import Batches, build_batches
 from diffusionlm.errors import InputError
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.checks import check_tokenizer_matches_model
@@ -67,7 +67,7 @@ class Trainer:
     device: torch.device
     tokenizer: Tokenizer
     parallel: Parallelized
-    train_batches: StreamingBatches
+    train_batches: Batches
     validator: Validator | None
     objective: Objective
     noise_generator: torch.Generator
@@ -173,16 +173,14 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
 
     # Data first: a dataset that cannot be opened (a Hub name offline, a missing file) fails
     # within seconds, before minutes go into initialising a large model.
-    train_batches = StreamingBatches(config.data, tokenizer.encode, config.model.eot_token_id,
-                                     split=config.data.train_split, context_length=config.model.context_length,
-                                     batch_size=training.batch_size, rank=rank, world_size=world_size,
-                                     seed=training.seed, loop=True)
+    batch_settings = {"context_length": config.model.context_length, "batch_size": training.batch_size,
+                      "rank": rank, "world_size": world_size, "seed": training.seed}
+    train_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.train_split,
+                                  loop=True, **batch_settings)
     validator = None
     if not training.skip_validation:
-        val_batches = StreamingBatches(config.data, tokenizer.encode, config.model.eot_token_id,
-                                       split=config.data.val_split, context_length=config.model.context_length,
-                                       batch_size=training.batch_size, rank=rank, world_size=world_size,
-                                       seed=training.seed, loop=False)
+        val_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.val_split,
+                                    loop=False, **batch_settings)
         try:
             validator = Validator(val_batches, training.max_val_iteration, causal=config.model.causal,
                                   mask_id=config.model.mask_token_id, noise_epsilon=training.noise_epsilon,

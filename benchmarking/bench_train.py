@@ -11,6 +11,8 @@ CPU: the process's peak resident set while the variant ran, reset through
 /proc/self/clear_refs), and on CUDA the model FLOPs utilisation
 
     MFU = tokens/s * (6 * N_non_embedding + 12 * num_layers * d_model * T) / peak FLOP/s
+
+computed by `diffusionlm.training.throughput`, the same code as the training log's `metrics.mfu`.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import torch
 from config.bench_train import BenchTrainConfig
 from config.schemas import AUTOCAST_PRECISION, NOISE_EPSILON, ModelConfig, OptimizerConfig
 from diffusionlm.errors import InputError
-from diffusionlm.models.transformer import TransformerLM, flops_per_token
+from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.training.grad_sync import LocalGradSync
 from diffusionlm.training.loop import StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective
 from diffusionlm.training.optim import build_optimizer
+from diffusionlm.training.throughput import mfu, model_flops_per_token, peak_flops
 from diffusionlm.utils.device import autocast_context, resolve_device
 
 LEARNING_RATE = 3e-4
@@ -166,9 +169,7 @@ def run_bench_train(config: BenchTrainConfig) -> list[dict]:
                 variant.times.append(time.perf_counter() - start)
             variant.peak_bytes = max(variant.peak_bytes, memory.read())
 
-    with torch.device("meta"):
-        meta_model = TransformerLM(model_cfg)
-    flops = flops_per_token(model_cfg, meta_model.num_parameters(exclude_embedding=True), T)
+    flops = model_flops_per_token(model_cfg)
     baseline = statistics.median(variants[0].times)
     rows = []
     for variant in variants:
@@ -177,7 +178,7 @@ def run_bench_train(config: BenchTrainConfig) -> list[dict]:
         row = {"variant": variant.name, "step_ms": step_s * 1e3, "tokens_per_s": tokens_per_s,
                "vs_reference_eager": baseline / step_s, "peak_memory_mib": variant.peak_bytes / 2**20}
         if cuda:
-            row["mfu"] = tokens_per_s * flops / (config.peak_tflops * 1e12)
+            row["mfu"] = mfu(tokens_per_s, flops, peak_flops(device, config.peak_tflops))
         rows.append(row)
     header = {"device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
               "preset": preset, "shape": shape, "flops_per_token": flops, "torch": torch.__version__}

@@ -216,6 +216,8 @@ class LoggingConfig(Section):
     log_every: int = Field(10, gt=0)
     log_activation_norms: bool = False
     log_weight_norms: bool = False
+    peak_tflops: float | None = Field(
+        None, gt=0, description="one device's peak TFLOP/s for metrics.mfu; left out: known GPUs' bf16 peak, none on CPU")
 
 
 class WandbConfig(Section):
@@ -269,6 +271,26 @@ class InferenceConfig(Section):
     seed: int = 0
     device: Device = "auto"
     dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
+
+
+class ProfilingConfig(Section):
+    """`[profiling]`: a torch.profiler trace over steps A..B and a CUDA memory snapshot at step N,
+    written into the run directory's profiling/ folder and named in the log. Steps count
+    training iterations (micro-steps) or, for inference, sampler steps (forward passes)."""
+
+    trace_start_step: int | None = Field(None, ge=0, description="the trace starts after this many steps")
+    trace_end_step: int | None = Field(None, gt=0, description="... and is written once this many are done")
+    memory_snapshot_step: int | None = Field(
+        None, gt=0, description="write the allocator snapshot after this many steps (CUDA; history from the start)")
+    record_shapes: bool = Field(False, description="trace: record operator input shapes (larger trace)")
+
+    @model_validator(mode="after")
+    def _check_trace_window(self) -> ProfilingConfig:
+        if (self.trace_start_step is None) != (self.trace_end_step is None):
+            raise ValueError("trace_start_step and trace_end_step are set together (or both left out)")
+        if self.trace_start_step is not None and self.trace_end_step <= self.trace_start_step:
+            raise ValueError(f"trace_end_step ({self.trace_end_step}) must be > trace_start_step ({self.trace_start_step})")
+        return self
 
 
 class BenchmarkConfig(Section):

@@ -24,6 +24,7 @@ from torch import nn
 
 from config.schemas import KVCacheMode
 from diffusionlm.diffusion.guidance import guide, mask_prompt
+from profiling import nvtx
 
 KV_CACHE_MODES = get_args(KVCacheMode)
 
@@ -108,9 +109,10 @@ class BlockDenoiser:
         if self.cfg_scale > 0:
             ids = torch.cat([canvas, mask_prompt(canvas, self.prompt_mask, self.mask_id)])
         if self.cache is None or self._refresh:
-            if self.cache is not None:
-                self.cache.record()
-            hidden = self.model.forward_hidden(ids, self.attention_mask, self.positions, kv_cache=self.cache)
+            with nvtx.range("cache_refresh" if self.cache is not None else "forward"):
+                if self.cache is not None:
+                    self.cache.record()
+                hidden = self.model.forward_hidden(ids, self.attention_mask, self.positions, kv_cache=self.cache)
             hidden = hidden[:, self.start:self.end]
             self._refresh = False
         else:

@@ -37,6 +37,7 @@ from diffusionlm.training.objective import Objective, build_objective
 from diffusionlm.training.parallelize import Parallelized, parallelize
 from diffusionlm.training.rng import capture_rng_state, rank_seed, restore_rng_state
 from diffusionlm.training.sample import sample_text
+from diffusionlm.training.throughput import FlopCounter, model_flops_per_token, peak_flops
 from diffusionlm.training.validation import Validator
 from diffusionlm.utils.checkpoint import (
     Checkpointer,
@@ -56,6 +57,8 @@ from diffusionlm.utils.run_layout import (
 )
 from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from logger import Logger, build_logger
+from profiling import nvtx
+from profiling.trace import StepProfiler
 
 
 @dataclass
@@ -279,6 +282,10 @@ def run_training(trainer: Trainer) -> TrainResult:
                             clip_grad_norm=trainer.parallel.clip_grad_norm, global_mean=all_reduce_mean)
     batches = trainer.train_batches
     trainer.logger.log(_provenance_record(batches.provenance()), step=trainer.state.iteration)
+    profiler = StepProfiler(config.profiling, trainer.run_dir, trainer.device) if trainer.rank == 0 else None
+    peak = peak_flops(trainer.device, config.logging.peak_tflops)
+    flops = FlopCounter(model_flops_per_token(config.model), peak * trainer.world_size if peak else None)
+    block_ranges = nvtx.annotate_blocks(getattr(trainer.model, "module", trainer.model).blocks)  # inside a DDP wrapper
     try:
         state = train_loop(
             trainer.model, trainer.optimizer, lambda: next(batches), objective=trainer.objective,
@@ -286,11 +293,13 @@ def run_training(trainer: Trainer) -> TrainResult:
             validator=trainer.validator, logger=trainer.logger,
             hooks=LoopHooks(save_checkpoint=_save_hook(trainer), loader_metrics=batches.metrics,
                             last_checkpoint=lambda: trainer.checkpointer.last_saved,
-                            reduce_metrics=all_reduce_mean_metrics),
+                            reduce_metrics=all_reduce_mean_metrics,
+                            at_step=profiler.at_step if profiler is not None else lambda iteration: {}),
             state=trainer.state, max_iteration=training.max_train_iteration, log_every=config.logging.log_every,
             val_every=training.val_freq_iteration, save_every=training.ckpting_save_iter,
             nan_policy=training.nan_policy, log_activation_norms=config.logging.log_activation_norms,
-            log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size)
+            log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size,
+            flops=flops)
         export_dir = sample = None
         final_model = trainer.parallel.full_model()  # collective; the unsharded model on rank 0
         if trainer.rank == 0:
@@ -304,6 +313,10 @@ def run_training(trainer: Trainer) -> TrainResult:
         return TrainResult(run_dir=trainer.run_dir, final_checkpoint=trainer.checkpointer.last_saved,
                            export_dir=export_dir, state=state, sample=sample)
     finally:
+        for handle in block_ranges:
+            handle.remove()
+        if profiler is not None:
+            profiler.close()
         batches.close()
         trainer.logger.finish()
 

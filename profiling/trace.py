@@ -30,6 +30,11 @@ class StepProfiler:
         if not self._snapshot_done:
             memory.start_history(device)
 
+    @property
+    def active(self) -> bool:
+        """Whether a trace or snapshot is still to come (callers may skip reporting steps otherwise)."""
+        return not (self._trace_done and self._snapshot_done)
+
     def at_step(self, steps_done: int) -> dict[str, str]:
         """Start or finish what is due after `steps_done` steps; returns log events naming written files."""
         config, events = self.config, {}
@@ -61,11 +66,10 @@ class StepProfiler:
         self._profiler, self._trace_done = None, True
         return path
 
-    def close(self) -> None:
-        """Stop a trace the run ended inside (nothing is written) and the memory history."""
-        if self._profiler is not None:
-            nvtx.record_ranges(0)
-            self._profiler.__exit__(None, None, None)
-            self._profiler = None
+    def close(self) -> dict[str, str]:
+        """Write a trace the run ended inside (it covers the steps that ran) and stop the memory
+        history; returns the log events, like `at_step`."""
+        events = {"profiling.trace": str(self._finish_trace())} if self._profiler is not None else {}
         if not self._snapshot_done:
             memory.stop_history(self.device)
+        return events

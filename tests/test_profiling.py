@@ -120,3 +120,19 @@ def test_training_log_reports_model_tflops_and_mfu_from_the_shared_formula(tmp_p
     flops = model_flops_per_token(config.model)
     assert line["metrics.model_tflops"] == pytest.approx(line["metrics.tokens_per_s"] * flops / 1e12)
     assert line["metrics.mfu"] == pytest.approx(line["metrics.tokens_per_s"] * flops / 1e9)
+
+
+def test_infer_profiling_traces_sampler_steps_into_the_run_directory(tmp_path, capsys):
+    from cli.infer import main as infer_main
+
+    _two_steps(tmp_path)
+    run_dir = tmp_path / "tiny"
+    code = infer_main(["--checkpoint", str(run_dir), "--set", "inference.total_length=16", "--set", "inference.steps=4",
+                       "--set", "inference.block_length=4", "--set", "inference.device=\"cpu\"",
+                       "--set", "profiling.trace_start_step=1", "--set", "profiling.trace_end_step=3"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trace = run_dir / "profiling" / "trace_steps_1-3.json"
+    assert record["profiling.trace"] == str(trace)
+    names = [event.get("name") for event in json.loads(trace.read_text())["traceEvents"]]
+    assert names.count("sample_step") == 2

@@ -315,8 +315,8 @@ def run_training(trainer: Trainer) -> TrainResult:
     finally:
         for handle in block_ranges:
             handle.remove()
-        if profiler is not None:
-            profiler.close()
+        if profiler is not None and (events := profiler.close()):
+            trainer.logger.log(events, step=trainer.state.iteration)
         batches.close()
         trainer.logger.finish()
 

@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from config.io import write_config
 from config.make_data import MakeDataConfig
+from config.special_tokens import EOT_TOKEN
 from databuilder.memmap_writer import MemmapWriter
 from databuilder.parquet_writer import ParquetShardWriter, write_dataset_card
 from diffusionlm.data.encoding import OrderedEncoder
 from diffusionlm.data.sources import RowSource, open_source
 from diffusionlm.errors import InputError
-from diffusionlm.tokenizer.special_tokens import EOT_TOKEN
 from diffusionlm.tokenizer.tokenizer import Tokenizer
 
 CHUNK_ROWS = 256  # rows per worker task: large enough to amortise the inter-process hand-off

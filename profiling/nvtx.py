@@ -80,7 +80,7 @@ def enabled(level: int) -> bool:
     return level <= _nvtx_level or level <= _record_level
 
 
-def range(name: str, level: int = FINE) -> contextlib.AbstractContextManager:  # noqa: A001 - reads as nvtx.range
+def range(name: str, level: int = FINE) -> contextlib.AbstractContextManager:
     """A context that marks `name` in NVTX and/or the running trace, or does nothing."""
     if level > _nvtx_level and level > _record_level:
         return _NULL
@@ -88,7 +88,7 @@ def range(name: str, level: int = FINE) -> contextlib.AbstractContextManager:  #
 
 
 class _Range:
-    __slots__ = ("name", "level", "_record")
+    __slots__ = ("_record", "level", "name")
 
     def __init__(self, name: str, level: int) -> None:
         self.name, self.level, self._record = name, level, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from cli.make_data import main as make_data_main
 from cli.train import main as train_main
 from diffusionlm.data.corpus import write_corpus_text
 from diffusionlm.tokenizer.io import load_tokenizer
-from diffusionlm.training.checkpoint import list_checkpoints, load_checkpoint
 from diffusionlm.training.trainer import build_trainer, run_training
+from diffusionlm.utils.checkpoint import load_checkpoint
+from diffusionlm.utils.run_layout import list_checkpoints
 
 SEPARATOR = "<|endoftext|>"
 
@@ -137,8 +139,6 @@ def test_memmap_made_with_another_tokenizer_is_refused(tmp_path, story_data, cap
 
 @pytest.mark.parametrize("change", ["vocab_size", "truncated", "no_sidecar"])
 def test_memmap_whose_sidecar_does_not_match_exits_2(tmp_path, story_data, capsys, change):
-    import shutil
-
     out = tmp_path / "copy"
     shutil.copytree(story_data / "out", out)
     sidecar = out / "train.dat.json"

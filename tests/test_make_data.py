@@ -127,14 +127,16 @@ def _train_exit(tmp_path: Path, data: dict, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err.strip()
 
 
-def test_memmap_made_with_another_tokenizer_is_refused(tmp_path, story_data, capsys, shared_data):
-    data = memmap_source(story_data) | {"tokenizer": {"vocab_path": str(shared_data / "gpt2_vocab.json"),
-                                                      "merges_path": str(shared_data / "gpt2_merges.txt")}}
+@pytest.mark.parametrize(("source", "named_file"), [(memmap_source, "train.dat.json"),
+                                                     (parquet_source, "train-00000-of-00005.parquet")])
+def test_data_made_with_another_tokenizer_is_refused(tmp_path, story_data, capsys, shared_data, source, named_file):
+    data = source(story_data) | {"tokenizer": {"vocab_path": str(shared_data / "gpt2_vocab.json"),
+                                               "merges_path": str(shared_data / "gpt2_merges.txt")}}
     config = write_tiny_toml(tmp_path / "t.toml", tmp_path / "runs", data=data, training={"skip_validation": True},
                              model={"vocab_size": 50304, "eot_token_id": 50256, "mask_token_id": 50257})
     assert train_main(["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "train.dat.json: tokenized with tokenizer" in err
+    assert len(err.splitlines()) == 1 and f"{named_file}: tokenized with tokenizer" in err
 
 
 @pytest.mark.parametrize("change", ["vocab_size", "truncated", "no_sidecar"])

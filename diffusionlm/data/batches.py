@@ -61,11 +61,15 @@ def build_batches(config: DataConfig, tokenizer: Tokenizer, eot_token_id: int, *
 
 
 def _split_file(config: DataConfig, split: str) -> str:
+    """The .dat file of `split`: `data_files` maps splits to files; a single file is the train split
+    (as for `datasets`' own loaders)."""
     files = config.data_files
-    if isinstance(files, dict):
-        if split not in files:
-            raise InputError(f"data.data_files: no file for split {split!r} (has {sorted(files)})")
-        files = files[split]
+    if not isinstance(files, dict):
+        files = {config.train_split: files}
+    if split not in files:
+        raise InputError(f"data.data_files: no .dat file for split {split!r} (has {sorted(files)}); name one as "
+                         f'{{ {config.train_split} = "...", {split} = "..." }}')
+    files = files[split]
     if isinstance(files, list):
         if len(files) != 1:
             raise InputError(f"data.data_files: one .dat file per split for dataset_name = \"memmap\", got {files}")

@@ -15,7 +15,6 @@ it reads the result (memmap) instead of tokenizing on the fly (streaming).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -23,13 +22,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarking.bench_data import data_parser
 from config.make_data import MakeDataConfig
 from config.train import TrainConfig
 from databuilder.build import make_data
 from diffusionlm.tokenizer.io import load_tokenizer
 from diffusionlm.training.trainer import build_trainer, run_training
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEPARATOR = "<|endoftext|>"
 
 
@@ -66,11 +65,7 @@ def data_wait(data_section: dict, steps: int, runs_path: Path) -> tuple[float, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_make_data", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED_DATA / "tinystories_train.txt")
-    parser.add_argument("--vocab", type=Path, default=SHARED_DATA / "gpt2_vocab.json")
-    parser.add_argument("--merges", type=Path, default=SHARED_DATA / "gpt2_merges.txt")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser = data_parser("bench_make_data", __doc__.splitlines()[0], [1, 2])
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)

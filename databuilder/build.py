@@ -134,18 +134,18 @@ def _write_split(config: MakeDataConfig, tokenizer: Tokenizer, encoder: OrderedE
             progress.update(len(text.encode("utf-8")) + 1)
             if documents % 1024 == 0:
                 progress.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - started):,.0f}", refresh=False)
+        if documents == 0:
+            raise InputError(f"dataset {source.label}: the split has no rows; nothing to tokenize")
+        report = SplitReport(split, documents, tokens, time.perf_counter() - started)
+        if memmap is not None:
+            report.files += [memmap.path, memmap.finish(meta)]
+        if parquet is not None:
+            report.files += parquet.finish()
+        return report
     finally:
         progress.close()
-        if memmap is not None and documents == 0:
-            memmap.close()
-    if documents == 0:
-        raise InputError(f"dataset {source.label}: the split has no rows; nothing to tokenize")
-    report = SplitReport(split, documents, tokens, time.perf_counter() - started)
-    if memmap is not None:
-        report.files += [memmap.path, memmap.finish(meta)]
-    if parquet is not None:
-        report.files += parquet.finish()
-    return report
+        if memmap is not None:
+            memmap.close()  # a no-op after finish(); on failure the caller removes the whole folder
 
 
 def make_data(config: MakeDataConfig, tokenizer: Tokenizer) -> list[SplitReport]:

@@ -27,7 +27,7 @@ class MemmapWriter:
         self.num_tokens = 0
         self.num_documents = 0
         self._buffer: list[int] = []
-        self._handle = open(path, "wb")  # noqa: SIM115 - closed in finish(); the caller removes the folder on failure
+        self._handle = open(path, "wb")  # noqa: SIM115 - closed by finish() or close()
 
     def add(self, ids: list[int]) -> None:
         self._buffer.extend(ids)
@@ -53,4 +53,5 @@ class MemmapWriter:
         return path
 
     def close(self) -> None:
+        """Close the file (idempotent); without finish() the `.dat` has no sidecar and is never read."""
         self._handle.close()

@@ -34,6 +34,7 @@ from diffusionlm.data.encoding import OrderedEncoder
 from diffusionlm.data.sources import RowSource, open_source
 from diffusionlm.errors import InputError
 from diffusionlm.tokenizer.tokenizer import Tokenizer
+from diffusionlm.utils.files import check_output_dir
 
 CHUNK_ROWS = 256  # rows per worker task: large enough to amortise the inter-process hand-off
 
@@ -54,8 +55,7 @@ def partial_dir(output_dir: Path) -> Path:
 def _prepare_output(config: MakeDataConfig) -> Path:
     """Check the output location before any work; returns the fresh partial folder."""
     output_dir = config.output.output_dir
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"output.output_dir: {output_dir} is an existing file, not a folder")
+    check_output_dir(output_dir, "output.output_dir")
     if output_dir.exists() and not config.output.overwrite:
         raise InputError(f"output.output_dir: {output_dir} already exists; set output.overwrite = true to replace "
                          f"it, or choose another folder")
@@ -63,10 +63,7 @@ def _prepare_output(config: MakeDataConfig) -> Path:
     if partial.exists():
         shutil.rmtree(partial)
         print(f"removed {partial}, the unfinished output of an interrupted run", file=sys.stderr)
-    try:
-        partial.mkdir(parents=True)
-    except OSError as err:
-        raise InputError(f"output.output_dir: cannot write in {output_dir.parent} ({err.strerror})") from None
+    partial.mkdir(parents=True)
     return partial
 
 

@@ -69,12 +69,18 @@ def train_step_tokens_per_s(vocab_size: int, steps: int) -> float:
     return steps * BATCH_SIZE * CONTEXT_LENGTH / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_data", description=__doc__.splitlines()[0])
+def data_parser(prog: str, description: str, workers: list[int]) -> argparse.ArgumentParser:
+    """The arguments the data benchmarks share: the text, the GPT-2 files, the worker counts."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "tinystories_train.txt")
     parser.add_argument("--vocab", type=Path, default=SHARED_DATA / "gpt2_vocab.json")
     parser.add_argument("--merges", type=Path, default=SHARED_DATA / "gpt2_merges.txt")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=workers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = data_parser("bench_data", __doc__.splitlines()[0], [0, 2])
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--model-vocab", type=int, default=2048, help="vocab of the consumer model (quick start: 2048)")
     parser.add_argument("--consumed-tokens-per-s", type=float, help="skip the model and compare to this number")

@@ -8,8 +8,9 @@ burst of background load slows both rather than one.
 
 Reported per variant: median step time, tokens/s, peak memory (CUDA: peak allocated bytes;
 CPU: the process's peak resident set while the variant ran, reset through
-/proc/self/clear_refs), and the model FLOPs utilisation (`models.transformer.MFU_FORMULA`)
-when the device's peak is known: `peak_tflops`, or on CUDA looked up by device name.
+/proc/self/clear_refs), and the model FLOPs utilisation when the device's peak is known
+(`peak_tflops`, or on CUDA looked up by device name), computed by
+`diffusionlm.training.throughput`, the same code as the training log's `metrics.mfu`.
 """
 
 from __future__ import annotations
@@ -28,29 +29,18 @@ import torch
 from config.bench_train import BenchTrainConfig
 from config.schemas import AUTOCAST_PRECISION, NOISE_EPSILON, ModelConfig, OptimizerConfig
 from diffusionlm.errors import InputError
-from diffusionlm.models.transformer import TransformerLM, flops_per_token, model_flops_utilization
+from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.training.grad_sync import LocalGradSync
 from diffusionlm.training.loop import StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective
 from diffusionlm.training.optim import build_optimizer
+from diffusionlm.training.throughput import mfu, model_flops_per_token, peak_flops
 from diffusionlm.utils.device import autocast_context, resolve_device
 from diffusionlm.utils.threads import apply_num_threads
 
 LEARNING_RATE = 3e-4
 REFERENCE_ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 CLIP_NORM = 1.0
-# Dense bf16 peak TFLOP/s (no sparsity) by CUDA device name, for MFU when peak_tflops is unset.
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
-
-
-def peak_tflops(configured: float | None, device: torch.device) -> float | None:
-    """`configured`, else the table's entry for this CUDA device, else None (no MFU)."""
-    if configured is not None or device.type != "cuda":
-        return configured
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
-
-
 def load_reference(path: Path) -> ModuleType:
     """Import the reference script from its path (it is not a package)."""
     if not path.is_file():
@@ -177,11 +167,9 @@ def run_bench_train(config: BenchTrainConfig) -> list[dict]:
                 variant.times.append(time.perf_counter() - start)
             variant.peak_bytes = max(variant.peak_bytes, memory.read())
 
-    with torch.device("meta"):
-        meta_model = TransformerLM(model_cfg)
-    flops = flops_per_token(model_cfg, meta_model.num_parameters(exclude_embedding=True), T)
+    flops = model_flops_per_token(model_cfg)
     baseline = statistics.median(variants[0].times)
-    peak = peak_tflops(config.peak_tflops, device)
+    peak = peak_flops(device, config.peak_tflops)
     rows = []
     for variant in variants:
         step_s = statistics.median(variant.times)
@@ -189,9 +177,9 @@ def run_bench_train(config: BenchTrainConfig) -> list[dict]:
         row = {"variant": variant.name, "step_ms": step_s * 1e3, "tokens_per_s": tokens_per_s,
                "vs_reference_eager": baseline / step_s, "peak_memory_mib": variant.peak_bytes / 2**20}
         if peak is not None:
-            row["mfu"] = model_flops_utilization(tokens_per_s, flops, peak * 1e12)
+            row["mfu"] = mfu(tokens_per_s, flops, peak)
         rows.append(row)
     header = {"device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
-              "preset": preset, "shape": shape, "flops_per_token": flops, "peak_tflops": peak, "torch": torch.__version__,
+              "preset": preset, "shape": shape, "flops_per_token": flops, "peak_tflops": peak / 1e12 if peak else None, "torch": torch.__version__,
               "load_avg_1min": f"{load_before:.1f}->{os.getloadavg()[0]:.1f}"}
     return [header, *rows]

@@ -17,7 +17,7 @@ from config.bench_train import BenchTrainConfig
 
 def _run(config: BenchTrainConfig, args: argparse.Namespace) -> int:
     from benchmarking.bench_train import run_bench_train
-    from diffusionlm.models.transformer import MFU_FORMULA
+    from diffusionlm.training.throughput import MFU_FORMULA
 
     header, *rows = run_bench_train(config)
     print(json.dumps(header))

@@ -57,8 +57,9 @@ class CanvasStream:
 
 
 def _run(config: InferConfig, args: argparse.Namespace) -> int:
-    from diffusionlm.inference.predictor import Predictor
+    from diffusionlm.inference.predictor import Predictor, find_model_source
     from diffusionlm.utils.threads import apply_num_threads
+    from profiling.trace import StepProfiler
 
     inference = config.inference
     num_threads = apply_num_threads(inference.num_threads)
@@ -68,9 +69,21 @@ def _run(config: InferConfig, args: argparse.Namespace) -> int:
     if args.stream and sys.stdout.isatty():
         sys.stdout.write(inference.prompt)
         stream = CanvasStream(predictor, predictor.mask_id(inference), len(encoded[0]))
+    # [profiling] counts sampler steps; its files go to the run directory the weights came from.
+    profiler = StepProfiler(config.profiling, find_model_source(inference.checkpoint).run_dir, predictor.device)
+    events = profiler.at_step(0)
+
+    def on_step(info) -> None:
+        events.update(profiler.at_step(info.step))
+        if stream is not None:
+            stream(info)
+
     try:
-        sample = predictor.sample_ids(encoded, inference, on_step=stream, prompts=[inference.prompt])
+        # Reporting a step reads a device value; only pay for it when someone listens.
+        callback = on_step if stream is not None or profiler.active else None
+        sample = predictor.sample_ids(encoded, inference, on_step=callback, prompts=[inference.prompt])
     finally:
+        events.update(profiler.close())
         if stream is not None:
             stream.close()
     completion = sample.completions[0]
@@ -86,6 +99,7 @@ def _run(config: InferConfig, args: argparse.Namespace) -> int:
         "metrics.tokens_per_s": round(sample.tokens_per_s, 3),
         "metrics.nfe": sample.result.nfe,
         "metrics.tokens_per_forward": round(sample.result.tokens_per_forward, 4),
+        **events,
     }
     print(json.dumps(record, ensure_ascii=False), flush=True)
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 
 from config.io import dump_config, load_config, resource_path
 from diffusionlm.errors import InputError
+from profiling import nvtx
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -73,6 +75,7 @@ def run_cli(
         if adjust_config is not None:
             adjust_config(args.overrides, args)
         config = load_config(schema, args.config, args.overrides)
+        nvtx.configure_from_env(os.environ)  # the one place the NVTX switches are read (profiling/nvtx.py)
         if args.print_config:
             sys.stdout.write(dump_config(config))
             return EXIT_OK

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from config.schemas import InferenceConfig
+from config.schemas import InferenceConfig, ProfilingConfig
 
 
 class InferConfig(BaseModel):
@@ -17,3 +17,4 @@ class InferConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)

@@ -34,6 +34,10 @@ RemaskingStrategy = Literal["low_confidence", "random", "margin", "entropy"]
 KVCacheMode = Literal["none", "prefix", "dual"]
 NOISE_EPSILON = 1e-3  # floor of the mask probability: p_mask = (1 - eps) * t + eps
 
+# `[data].document_separator` values with a meaning of their own; any other string is a separator.
+DOCUMENT_PER_LINE = "line"
+DOCUMENT_PER_BLANK_LINE = "blank_line"
+
 
 class ModelConfig(Section):
     """`[model]`: the Transformer's architecture and the token ids it reserves."""
@@ -167,21 +171,46 @@ class TrainingConfig(Section):
     sample_at_end: bool = Field(True, description="print a short sample from the final model")
 
 
+# `[data].dataset_name` for a token file written by diffusionlm-make-data (`data_files` names the .dat files).
+MEMMAP_DATASET = "memmap"
+
+
 class DataConfig(Section):
     """`[data]`: a streaming `datasets` source, its tokenizer, and how rows become sequences."""
 
-    dataset_name: str = Field("builtin", description='"builtin" (procedural stories), a Hub name, or json/text/parquet')
+    dataset_name: str = Field(
+        "builtin", description='"builtin" (procedural stories), a Hub name, json/text/parquet, or "memmap" (.dat files)')
     dataset_config: str | None = None
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
     train_split: str = "train"
     val_split: str | None = "validation"
     text_field: str = "text"
+    document_separator: str = Field(
+        DOCUMENT_PER_LINE, min_length=1,
+        description='text files: "line" (a document per line), "blank_line", or a separator such as "<|endoftext|>"')
+    token_field: str | None = Field(
+        None, description="pre-tokenized rows (diffusionlm-make-data parquet): the column of token ids, used as is")
+    memmap_windows: Literal["random", "sequential"] = Field(
+        "random", description='"memmap" training windows: a seeded shuffle per epoch, or in file order')
     mode: Literal["pack", "pad"] = Field("pack", description="pack rows into full windows, or one row per sequence")
     shuffle_buffer_size: int = Field(1000, ge=0)
     shuffle_seed: int = 0
     num_workers: int = Field(0, ge=0, description="tokenizer worker processes (0: in the training process)")
     hub_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for the Hugging Face Hub before failing (offline check)")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+
+    @model_validator(mode="after")
+    def _check_source_options(self) -> DataConfig:
+        if self.document_separator != DOCUMENT_PER_LINE and self.dataset_name != "text":
+            raise ValueError(f'document_separator applies to dataset_name = "text" only (this one is '
+                             f'{self.dataset_name!r}, whose rows are already documents); leave it "line"')
+        if self.dataset_name == MEMMAP_DATASET:
+            if self.data_files is None:
+                raise ValueError('dataset_name = "memmap" needs data_files: the .dat file(s), e.g. '
+                                 '{ train = "out/train.dat", validation = "out/validation.dat" }')
+            if self.mode != "pack" or self.token_field is not None:
+                raise ValueError('dataset_name = "memmap" holds one token stream: use mode = "pack" and no token_field')
+        return self
 
 
 class LoggingConfig(Section):
@@ -192,6 +221,8 @@ class LoggingConfig(Section):
     log_every: int = Field(10, gt=0)
     log_activation_norms: bool = False
     log_weight_norms: bool = False
+    peak_tflops: float | None = Field(
+        None, gt=0, description="one device's peak TFLOP/s for metrics.mfu; left out: known GPUs' bf16 peak, none on CPU")
 
 
 class WandbConfig(Section):
@@ -248,6 +279,26 @@ class InferenceConfig(Section):
     device: Device = "auto"
     dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
     num_threads: NumThreads = None
+
+
+class ProfilingConfig(Section):
+    """`[profiling]`: a torch.profiler trace over steps A..B and a CUDA memory snapshot at step N,
+    written into the run directory's profiling/ folder and named in the log. Steps count
+    training iterations (micro-steps) or, for inference, sampler steps (forward passes)."""
+
+    trace_start_step: int | None = Field(None, ge=0, description="the trace starts after this many steps")
+    trace_end_step: int | None = Field(None, gt=0, description="... and is written once this many are done")
+    memory_snapshot_step: int | None = Field(
+        None, gt=0, description="write the allocator snapshot after this many steps (CUDA; history from the start)")
+    record_shapes: bool = Field(False, description="trace: record operator input shapes (larger trace)")
+
+    @model_validator(mode="after")
+    def _check_trace_window(self) -> ProfilingConfig:
+        if (self.trace_start_step is None) != (self.trace_end_step is None):
+            raise ValueError("trace_start_step and trace_end_step are set together (or both left out)")
+        if self.trace_start_step is not None and self.trace_end_step <= self.trace_start_step:
+            raise ValueError(f"trace_end_step ({self.trace_end_step}) must be > trace_start_step ({self.trace_start_step})")
+        return self
 
 
 class BenchmarkConfig(Section):

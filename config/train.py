@@ -15,6 +15,7 @@ from config.schemas import (
     LoggingConfig,
     ModelConfig,
     OptimizerConfig,
+    ProfilingConfig,
     TrainingConfig,
     WandbConfig,
 )
@@ -33,6 +34,7 @@ class TrainConfig(BaseModel):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     ddp: DDPConfig = Field(default_factory=DDPConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)
 
     @model_validator(mode="after")
     def _check_cross_section(self) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""bench-train's MFU: one formula beside `flops_per_token`, printed wherever the device's peak is known."""
+"""bench-train's MFU: the training log's formula (training/throughput.py), printed wherever the device's peak is known."""
 
 from __future__ import annotations
 
@@ -6,20 +6,19 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from benchmarking.bench_train import peak_tflops
 from cli.bench_train import main
-from diffusionlm.models.transformer import MFU_FORMULA, model_flops_utilization
+from diffusionlm.training.throughput import MFU_FORMULA, mfu, peak_flops
 
 REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "ref_bench.py"
 
 
 def test_mfu_is_model_flops_over_peak():
-    assert model_flops_utilization(1000.0, 6_000_000, 1e10) == pytest.approx(0.6)
+    assert mfu(1000.0, 6_000_000, 1e10) == pytest.approx(0.6)
 
 
 def test_peak_is_the_setting_else_unknown_on_cpu():
-    assert peak_tflops(None, torch.device("cpu")) is None
-    assert peak_tflops(2.5, torch.device("cpu")) == 2.5
+    assert peak_flops(torch.device("cpu")) is None
+    assert peak_flops(torch.device("cpu"), 2.5) == 2.5e12
 
 
 @pytest.mark.skipif(not REFERENCE.is_file(), reason="../shared/reference/ref_bench.py is absent")

@@ -20,7 +20,7 @@ def test_diffusion_validation_loss_falls_on_tinystories(tmp_path, shared_data):
         training={"batch_size": 16, "max_train_iteration": 150, "val_freq_iteration": 150, "max_val_iteration": 4,
                   "ckpting_save_iter": 150},
         data={"dataset_name": "text", "data_files": {"train": str(train_file), "validation": str(valid_file)},
-              "shuffle_buffer_size": 256},
+              "document_separator": "<|endoftext|>", "shuffle_buffer_size": 256},
     )
     trainer = build_trainer(config)
     initial = trainer.validator.evaluate(trainer.model)["metrics.val_loss"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import multiprocessing.pool
+import signal
 from collections.abc import Callable, Iterable, Iterator
 
 Encode = Callable[[str], list[int]]
@@ -23,9 +24,11 @@ _worker_encode: Encode | None = None
 
 
 def _init_worker(encode: Encode) -> None:
-    """Pool initializer: receive the encoder once per worker, not once per chunk."""
+    """Pool initializer: receive the encoder once per worker, not once per chunk. Ctrl-C is the
+    parent's to handle (it stops the pool); workers ignore it instead of each printing a traceback."""
     global _worker_encode
     _worker_encode = encode
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _encode_chunk(texts: list[str]) -> list[list[int]]:

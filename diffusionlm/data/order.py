@@ -20,6 +20,8 @@ import itertools
 import random
 from collections.abc import Iterable, Iterator
 
+from diffusionlm.errors import InputError
+
 
 def _rng(*parts: int | str) -> random.Random:
     """A generator seeded from `parts`; string seeds hash with SHA-512, stable across processes."""
@@ -69,3 +71,11 @@ class ShuffleBuffer:
         self.rng.shuffle(self.buffer)
         while self.buffer:
             yield self.buffer.pop()
+
+
+def check_same_stream(saved: dict, current: dict) -> None:
+    """Refuse a saved loader state whose stream-defining settings differ from this run's."""
+    for key, value in current.items():
+        if saved.get(key) != value:
+            raise InputError(f"data loader state: {key} was {saved.get(key)!r} when saved, "
+                             f"this run has {value!r}; the stream cannot be resumed")

@@ -5,7 +5,9 @@ materialised up front:
 - "builtin": the procedural story corpus (`diffusionlm.data.corpus`) wrapped with
   `IterableDataset.from_generator`, so it flows through exactly the same code as any dataset;
 - a packaged loader ("json", "text", "parquet", "csv", "arrow") with `data_files`, or a local
-  directory of such files (note: the "text" loader yields one row per line);
+  directory of such files. The "text" loader yields one row per line; `[data].document_separator`
+  regroups a text file's lines into documents (`diffusionlm.data.documents`). Files on the Hub
+  are named `hf://datasets/OWNER/NAME/PATH`;
 - a Hugging Face Hub name (+ `dataset_config`). The Hub is probed first with a short timeout so
   a machine without network fails in seconds with one clear line instead of hanging in retries.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +27,9 @@ from pathlib import Path
 import datasets
 import pyarrow
 
-from config.schemas import DataConfig
+from config.schemas import DOCUMENT_PER_LINE, DataConfig
 from diffusionlm.data import corpus
+from diffusionlm.data.documents import group_lines
 from diffusionlm.errors import InputError
 
 BUILTIN = "builtin"
@@ -75,6 +79,7 @@ class RowSource:
     label: str  # "json[train]" or "roneneldan/TinyStories[validation]": used in every message
     text_field: str
     provenance: dict
+    document_separator: str = DOCUMENT_PER_LINE  # how a text file's lines become documents (documents.py)
 
     @property
     def num_shards(self) -> int:
@@ -84,8 +89,7 @@ class RowSource:
         """The text of every row, shard by shard in `shard_order`, checked for type."""
         for shard in shard_order:
             rows = self.dataset if self.num_shards == 1 else self.dataset.shard(self.num_shards, shard)
-            for row in self._read(rows):
-                yield self._text(row)
+            yield from group_lines((self._text(row) for row in self._read(rows)), self.document_separator)
 
     def _read(self, rows: datasets.IterableDataset) -> Iterator[dict]:
         """Iterate `rows`, turning the loaders' decoding errors into one-line `InputError`s."""
@@ -96,19 +100,30 @@ class RowSource:
         except _ROW_READ_ERRORS as err:
             raise InputError(f"dataset {self.label}: cannot read rows: {_first_line(err)}") from None
 
+    def iter_token_rows(self, shard_order: Sequence[int], token_field: str) -> Iterator[list[int]]:
+        """The token ids of every pre-tokenized row (column `token_field`), shard by shard."""
+        for shard in shard_order:
+            rows = self.dataset if self.num_shards == 1 else self.dataset.shard(self.num_shards, shard)
+            for row in self._read(rows):
+                ids = self._field(row, token_field, "token_field", list, "a list of token ids")
+                if ids and not isinstance(ids[0], int):
+                    raise InputError(f"dataset {self.label}: field {token_field!r} holds {type(ids[0]).__name__}s, "
+                                     "expected token ids")
+                yield ids
+
     def _text(self, row: dict) -> str:
+        return self._field(row, self.text_field, "text_field", str, "a string")
+
+    def _field(self, row: dict, name: str, setting: str, kind: type, expected: str):
         try:
-            text = row[self.text_field]
+            value = row[name]
         except KeyError:
             raise InputError(
-                f"dataset {self.label}: row has no field {self.text_field!r} (fields: {sorted(row)}); "
-                "set [data].text_field"
+                f"dataset {self.label}: row has no field {name!r} (fields: {sorted(row)}); set [data].{setting}"
             ) from None
-        if not isinstance(text, str):
-            raise InputError(
-                f"dataset {self.label}: field {self.text_field!r} holds {type(text).__name__}, expected a string"
-            )
-        return text
+        if not isinstance(value, kind):
+            raise InputError(f"dataset {self.label}: field {name!r} holds {type(value).__name__}, expected {expected}")
+        return value
 
 
 def open_source(config: DataConfig, split: str) -> RowSource:
@@ -127,8 +142,9 @@ def open_source(config: DataConfig, split: str) -> RowSource:
         "fingerprint": fingerprint,
         "num_shards": dataset.num_shards,
         "text_field": config.text_field,
+        "document_separator": config.document_separator,
     }
-    return RowSource(dataset, label, config.text_field, provenance)
+    return RowSource(dataset, label, config.text_field, provenance, config.document_separator)
 
 
 def _open_builtin(split: str, label: str) -> tuple[datasets.IterableDataset, list[str], str]:
@@ -152,10 +168,12 @@ def _open_datasets(config: DataConfig, split: str, label: str) -> tuple[datasets
     is_local = name in PACKAGED_LOADERS or Path(name).is_dir()
     if name in PACKAGED_LOADERS and config.data_files is None:
         raise InputError(f'[data].data_files: dataset_name = "{name}" needs data_files (a path, glob or list)')
-    if not is_local:
-        _check_hub_reachable(name, config.hub_timeout_s)
+    for repo in ([] if is_local else [name]) + _hub_repos(config.data_files):
+        _check_hub_reachable(repo, config.hub_timeout_s)
+    # Grouping lines into documents needs their line breaks, to keep the newlines inside a document.
+    options = {"keep_linebreaks": True} if config.document_separator != DOCUMENT_PER_LINE else {}
     try:
-        builder = datasets.load_dataset_builder(name, config.dataset_config, data_files=config.data_files)
+        builder = datasets.load_dataset_builder(name, config.dataset_config, data_files=config.data_files, **options)
         dataset = builder.as_streaming_dataset(split=split)
     except StopIteration:  # the json loader inferring features from no file, or from empty ones
         raise InputError(f"dataset {label}: data.data_files = {json.dumps(config.data_files)} gives this split "
@@ -197,6 +215,19 @@ def _check_hub_reachable(name: str, timeout_s: float) -> None:
             f"dataset_name {name!r}: cannot reach the Hugging Face Hub ({type(err).__name__}: {_first_line(err)}); "
             f"{_OFFLINE_HINT}"
         ) from None
+
+
+def _hub_repos(data_files: str | list | dict | None) -> list[str]:
+    """The Hub datasets that `data_files` names with `hf://datasets/OWNER/NAME/...` paths."""
+    if isinstance(data_files, dict):
+        files = [file for value in data_files.values() for file in ([value] if isinstance(value, str) else value)]
+    else:
+        files = [data_files] if isinstance(data_files, str) else list(data_files or [])
+    repos = {match.group(1) for file in files if (match := _HF_DATASET_PATH.match(file))}
+    return sorted(repos)
+
+
+_HF_DATASET_PATH = re.compile(r"hf://datasets/([^/@]+/[^/@]+)")
 
 
 def _fingerprint(name: str, dataset_config: str | None, split: str, files: list[str]) -> str:

@@ -4,6 +4,7 @@ The pipeline for one rank, every epoch:
 
     shards in a per-epoch order -> every world_size-th row -> shuffle buffer    (order.py)
     -> encode(text) + [eot], in worker processes, order kept                    (encoding.py)
+       (pre-tokenized rows, `[data].token_field`, skip this step: they hold their ids and eot)
     -> pack into windows or pad one row per sequence                            (packing.py)
 
 The position is a few integers plus the packing carry-over: (epoch, rows consumed in this
@@ -26,8 +27,9 @@ from collections.abc import Callable, Iterator
 import torch
 
 from config.schemas import DataConfig
+from diffusionlm.data.batch_source import BatchSource
 from diffusionlm.data.encoding import OrderedEncoder
-from diffusionlm.data.order import ShuffleBuffer, rank_rows, shard_order
+from diffusionlm.data.order import ShuffleBuffer, check_same_stream, rank_rows, shard_order
 from diffusionlm.data.packing import Packer, pad_document
 from diffusionlm.data.sources import open_source
 from diffusionlm.errors import InputError
@@ -35,7 +37,7 @@ from diffusionlm.errors import InputError
 logger = logging.getLogger(__name__)
 
 
-class StreamingBatches:
+class StreamingBatches(BatchSource):
     """Iterator of `torch.LongTensor (batch_size, context_length)` batches for one rank.
 
     loop=True (training) starts a new epoch, reshuffled, whenever the data runs out and never
@@ -50,20 +52,9 @@ class StreamingBatches:
     def __init__(self, data_config: DataConfig, encode: Callable[[str], list[int]], eot_token_id: int, *,
                  split: str, context_length: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, loop: bool = True) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        if context_length <= 0 or batch_size <= 0:
-            raise ValueError(f"context_length ({context_length}) and batch_size ({batch_size}) must be positive")
-        self.config = data_config
-        self.split = split
-        self.context_length = context_length
-        self.batch_size = batch_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.loop = loop
+        super().__init__(data_config, split=split, context_length=context_length, batch_size=batch_size, rank=rank,
+                         world_size=world_size, seed=seed, loop=loop)
         self.eot_token_id = eot_token_id
-        self.order_seed = f"{data_config.shuffle_seed}.{seed}"
         self.source = open_source(data_config, split)
         self.encoder = OrderedEncoder(encode, eot_token_id, data_config.num_workers)
 
@@ -73,20 +64,13 @@ class StreamingBatches:
         self._exhausted = False
         self._documents: Iterator[list[int]] | None = None  # the current epoch's encoded rows
         self._buffer: ShuffleBuffer | None = None
-        self._tokens_since_metrics = 0
-        self._busy_s_since_metrics = 0.0
-
-    def __iter__(self) -> StreamingBatches:
-        return self
 
     def __next__(self) -> torch.Tensor:
         if self._exhausted:
             raise StopIteration
         start = time.perf_counter()
-        batch = torch.tensor([self._next_sequence() for _ in range(self.batch_size)], dtype=torch.long)
-        self._tokens_since_metrics += batch.numel()
-        self._busy_s_since_metrics += time.perf_counter() - start
-        return batch
+        return self._counted(torch.tensor([self._next_sequence() for _ in range(self.batch_size)], dtype=torch.long),
+                             start)
 
     def _next_sequence(self) -> list[int]:
         if self.config.mode == "pack":
@@ -115,16 +99,19 @@ class StreamingBatches:
     def _epoch_documents(self) -> Iterator[list[int]]:
         """This epoch's encoded rows for this rank, after the `rows_consumed` already used."""
         order = shard_order(self.source.num_shards, self.order_seed, self.epoch)
-        texts = rank_rows(self.source.iter_texts(order), self.rank, self.world_size)
+        token_field = self.config.token_field
+        rows = self.source.iter_token_rows(order, token_field) if token_field else self.source.iter_texts(order)
+        rows = rank_rows(rows, self.rank, self.world_size)
         self._buffer = ShuffleBuffer(self.config.shuffle_buffer_size, self.order_seed, self.epoch, self.rank)
-        texts = self._buffer.shuffle(texts)
-        skipped = sum(1 for _ in itertools.islice(texts, self.rows_consumed))
+        rows = self._buffer.shuffle(rows)
+        skipped = sum(1 for _ in itertools.islice(rows, self.rows_consumed))
         if skipped < self.rows_consumed:
             raise InputError(
                 f"dataset {self.source.label}: loader state says {self.rows_consumed} rows of epoch {self.epoch} "
                 f"were used, but rank {self.rank} has only {skipped}; the data changed since the checkpoint"
             )
-        return self.encoder.encode_stream(texts)
+        # Pre-tokenized rows already end with their `eot`: used as stored, never re-tokenized.
+        return rows if token_field else self.encoder.encode_stream(rows)
 
     def state_dict(self) -> dict:
         """This rank's position; plain ints/strs/bools and one tensor, so `torch.load(weights_only=True)` reads it."""
@@ -144,16 +131,15 @@ class StreamingBatches:
             "world_size": self.world_size,
             "order_seed": self.order_seed,
             "mode": self.config.mode,
+            "document_separator": self.config.document_separator,
+            "token_field": self.config.token_field,
             "context_length": self.context_length,
             "shuffle_buffer_size": self.config.shuffle_buffer_size,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` was saved; the stream is rebuilt at the next batch."""
-        for key, value in self._stream_identity().items():
-            if state[key] != value:
-                raise InputError(f"data loader state: {key} was {state[key]!r} when saved, "
-                                 f"this run has {value!r}; the stream cannot be resumed")
+        check_same_stream(state, self._stream_identity())
         if state["fingerprint"] != self.source.provenance["fingerprint"]:
             logger.warning("dataset %s changed since the loader state was saved (fingerprint %s -> %s); resuming anyway",
                            self.source.label, state["fingerprint"], self.source.provenance["fingerprint"])
@@ -168,11 +154,8 @@ class StreamingBatches:
         """Since the previous call: tokens produced per second spent inside `__next__` (the loader's
         own speed; workers make it higher than encoding alone), plus the current shuffle buffer
         fill (0..1) and epoch."""
-        busy = self._busy_s_since_metrics
-        tokens_per_s = self._tokens_since_metrics / busy if busy > 0 else 0.0
-        self._tokens_since_metrics, self._busy_s_since_metrics = 0, 0.0
         return {
-            "tokens_per_s": tokens_per_s,
+            "tokens_per_s": self._tokens_per_s(),
             "shuffle_buffer_fill": self._buffer.fill if self._buffer is not None else 0.0,
             "epoch": float(self.epoch),
         }

@@ -28,6 +28,7 @@ from torch import nn
 
 from config.schemas import KVCacheMode
 from diffusionlm.diffusion.guidance import guide, mask_prompt
+from profiling import nvtx
 
 KV_CACHE_MODES = get_args(KVCacheMode)
 
@@ -160,11 +161,13 @@ class BlockDenoiser:
         if self.cfg_scale > 0:
             ids = torch.cat([canvas, mask_prompt(canvas, self.prompt_mask, self.mask_id)])
         if self.cache is None:
-            hidden = self.fast_forward(ids, self.attention_mask, self.positions)[:, self.start:self.end]
+            with nvtx.range("forward"):
+                hidden = self.fast_forward(ids, self.attention_mask, self.positions)[:, self.start:self.end]
         elif self._refresh_due():
             first = self.cache.layers[0].keys is None
-            self.cache.record()
-            hidden = self.model.forward_hidden(ids, self.attention_mask, self.positions, kv_cache=self.cache)
+            with nvtx.range("cache_refresh"):
+                self.cache.record()
+                hidden = self.model.forward_hidden(ids, self.attention_mask, self.positions, kv_cache=self.cache)
             hidden = hidden[:, self.start:self.end]
             if first and self._mark_static:
                 self.cache.mark_static()

@@ -41,6 +41,7 @@ from diffusionlm.inference.sampling import (
     top_p_filter,
     transfer_counts,
 )
+from profiling import nvtx
 
 
 @dataclass
@@ -191,29 +192,31 @@ def generate(
     def denoise_step(block_index: int, window: torch.Tensor, select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                      ) -> None:
         """One forward pass, sample the block, commit the positions `select` picks."""
-        logits = denoiser(canvas).masked_fill(banned, float("-inf"))
-        if top_p is not None and temperature > 0:
-            logits = top_p_filter(logits, top_p, temperature)
-        sampled = gumbel_max_sample(logits, temperature, generator)
-        confidence = defer_tokens(confidence_scores(logits, sampled, remasking, generator), sampled, deferred)
-        commit = select(confidence, window == mask_id)
-        window[commit] = sampled[commit]
-        committed.append(commit.sum())
+        with nvtx.range("sample_step"):
+            logits = denoiser(canvas).masked_fill(banned, float("-inf"))
+            if top_p is not None and temperature > 0:
+                logits = top_p_filter(logits, top_p, temperature)
+            sampled = gumbel_max_sample(logits, temperature, generator)
+            confidence = defer_tokens(confidence_scores(logits, sampled, remasking, generator), sampled, deferred)
+            commit = select(confidence, window == mask_id)
+            window[commit] = sampled[commit]
+            committed.append(commit.sum())
         if on_step is not None:
             on_step(StepInfo(len(committed), block_index, canvas, int(committed[-1])))
 
     for block_index, block in enumerate(plan):
         denoiser.start_block(block.start, block.end)
         window = canvas[:, block.start:block.end]  # a view: writing it writes the canvas
-        if threshold is None:
-            # The schedule fixes how many tokens each step commits, and they add up to the
-            # block: the step count is known, so no step asks the device whether masks remain.
-            for count in transfer_counts(block.length, block.steps):
-                denoise_step(block_index, window, lambda conf, eligible, k=count: select_top_k(conf, eligible, k))
-        else:
-            while (window == mask_id).any():
-                denoise_step(block_index, window,
-                             lambda conf, eligible: select_above_threshold(conf, eligible, threshold))
+        with nvtx.range("sample_block", nvtx.COARSE):
+            if threshold is None:
+                # The schedule fixes how many tokens each step commits, and they add up to the
+                # block: the step count is known, so no step asks the device whether masks remain.
+                for count in transfer_counts(block.length, block.steps):
+                    denoise_step(block_index, window, lambda conf, eligible, k=count: select_top_k(conf, eligible, k))
+            else:
+                while (window == mask_id).any():
+                    denoise_step(block_index, window,
+                                 lambda conf, eligible: select_above_threshold(conf, eligible, threshold))
         if stop_at_eos and eos_token_id is not None and _every_row_has(canvas[:, prompt_length:block.end], eos_token_id):
             canvas[:, block.end:] = eos_token_id  # the rest would be cut anyway: skip its forward passes
             break

@@ -93,17 +93,9 @@ class TransformerLM(nn.Module):
         return total - self.embedding.weight.numel() if exclude_embedding else total
 
 
-MFU_FORMULA = "MFU = tokens/s * (6 * N_non_embedding + 12 * num_layers * d_model * T) / peak FLOP/s"
-
-
 def flops_per_token(config: ModelConfig, num_non_embedding_params: int, seq_len: int) -> int:
     """Training FLOPs per token: 6*N (forward+backward matmuls) + 12*L*d*T attention scores.
 
     Attention is not halved: the model is bidirectional. This is the formula MFU is reported with.
     """
     return 6 * num_non_embedding_params + 12 * config.num_layers * config.d_model * seq_len
-
-
-def model_flops_utilization(tokens_per_s: float, flops_per_token: int, peak_flops: float) -> float:
-    """The fraction of the device's peak that the model's own FLOPs use (`MFU_FORMULA`)."""
-    return tokens_per_s * flops_per_token / peak_flops

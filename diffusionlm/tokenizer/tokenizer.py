@@ -10,6 +10,8 @@ tiktoken does, which is both the common case and what keeps our ids identical to
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from itertools import chain
@@ -89,6 +91,18 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids, special tokens included (ids are 0..vocab_size-1)."""
         return len(self.vocab)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary, merges and special ids: equal fingerprints encode text
+        to equal ids. Pre-tokenized data records it, so it is never read with another tokenizer."""
+        digest = hashlib.sha256()
+        for token_id in range(len(self.vocab)):
+            digest.update(len(self.vocab[token_id]).to_bytes(4, "little") + self.vocab[token_id])
+        for first, second in self.merges:
+            digest.update(len(first).to_bytes(4, "little") + first + second)
+        digest.update(json.dumps(sorted(self._special_ids.items())).encode())
+        return digest.hexdigest()[:16]
 
     def token_id(self, token: str) -> int:
         """The id of a special token, or of any single-token string (e.g. " the").

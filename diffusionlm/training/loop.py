@@ -31,8 +31,10 @@ from diffusionlm.training.grad_sync import GradSync
 from diffusionlm.training.metrics import ActivationNorms, weight_norms
 from diffusionlm.training.objective import Objective
 from diffusionlm.training.schedule import apply_lr_schedule, cosine_lr
+from diffusionlm.training.throughput import FlopCounter
 from diffusionlm.training.validation import Validator
 from logger.base import Logger
+from profiling import nvtx
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,28 +106,32 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
     data_wait, tokens = 0.0, 0
     for micro in range(accum):
         start = time.perf_counter()
-        x0 = next_batch().to(settings.device, non_blocking=True)
+        with nvtx.range("data"):
+            x0 = next_batch().to(settings.device, non_blocking=True)
         data_wait += time.perf_counter() - start
         tokens += x0.numel()
         sync_context = grad_sync.no_sync() if micro < accum - 1 else contextlib.nullcontext()
         with sync_context:
-            with settings.autocast():
+            with settings.autocast(), nvtx.range("forward"):
                 out = objective(model, x0, noise_generator)
-            (out.loss / accum).backward()
+            with nvtx.range("backward"):
+                (out.loss / accum).backward()
         loss_sum += out.loss.detach().float()
         if out.mask_ratio is not None:
             mask_ratio_sum = out.mask_ratio if mask_ratio_sum is None else mask_ratio_sum + out.mask_ratio
-    grad_sync.finish()
-    max_norm = cfg.grad_clip_max_l2_norm
-    grad_norm = settings.clip_grad_norm(model.parameters(), max_norm if max_norm is not None else float("inf"))
-    if mask_ratio_sum is None:
-        loss = settings.global_mean(loss_sum / accum)
-    else:  # one collective for both
-        loss, mask_ratio_sum = settings.global_mean(torch.stack([loss_sum, mask_ratio_sum.float()]) / accum).unbind()
-    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    with nvtx.range("grad_sync"):
+        grad_sync.finish()
+    with nvtx.range("optimizer"):
+        max_norm = cfg.grad_clip_max_l2_norm
+        grad_norm = settings.clip_grad_norm(model.parameters(), max_norm if max_norm is not None else float("inf"))
+        if mask_ratio_sum is None:
+            loss = settings.global_mean(loss_sum / accum)
+        else:  # one collective for both
+            loss, mask_ratio_sum = settings.global_mean(torch.stack([loss_sum, mask_ratio_sum.float()]) / accum).unbind()
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=loss, grad_norm=grad_norm,
                       mask_ratio=mask_ratio_sum,
                       lr=lr, lrs=lrs, finite=finite, data_wait_s=data_wait, tokens=tokens)
@@ -147,6 +153,9 @@ class LoopHooks:
     last_checkpoint: Callable[[], str | None] = field(default=lambda: None)
     loader_metrics: Callable[[], dict[str, float]] = field(default=dict)
     reduce_metrics: Callable[[dict[str, float]], dict[str, float]] = _identity
+    # Called before the first step and after each with the iteration reached; returns events to log
+    # (the `[profiling]` trace and snapshot files).
+    at_step: Callable[[int], dict[str, str]] = field(default=lambda iteration: {})
 
 
 @dataclass
@@ -182,16 +191,22 @@ class _Window:
         return {"metrics.tokens_per_s": self.tokens / elapsed, "metrics.data_wait_frac": self.data_wait_s / elapsed}
 
 
+def _log_events(logger: Logger, events: dict[str, str], step: int) -> None:
+    if events:
+        logger.log(events, step=step)
+
+
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
                objective: Objective, noise_generator: torch.Generator | None, grad_sync: GradSync,
                settings: StepSettings, validator: Validator | None, logger: Logger, hooks: LoopHooks,
                state: LoopState, max_iteration: int, log_every: int, val_every: int, save_every: int,
                nan_policy: str, log_activation_norms: bool = False, log_weight_norms: bool = False,
-               rank: int = 0, world_size: int = 1) -> LoopState:
+               rank: int = 0, world_size: int = 1, flops: FlopCounter | None = None) -> LoopState:
     """Run optimizer steps until `state.iteration` reaches `max_iteration`; returns the final state.
 
     The last step always saves a checkpoint (the final one). `rank`/`world_size` only decide who shows
     progress; logging goes through the (rank-zero) logger and gradients through `grad_sync`.
+    `flops` adds achieved TFLOP/s and MFU to each log line.
     """
     bare_model = getattr(model, "module", model)  # diagnostics look inside a DDP wrapper
     activation_norms = ActivationNorms(bare_model) if log_activation_norms else None
@@ -203,11 +218,14 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
         if validator is not None and state.iteration == 0:  # the baseline every later evaluation is read against
             logger.log(hooks.reduce_metrics(validator.evaluate(model)), step=0)
             window.restart_clock()
+        _log_events(logger, hooks.at_step(state.iteration), state.iteration)
         while state.iteration < max_iteration:
             before = state.iteration
-            result = train_step(model, optimizer, next_batch, objective=objective, noise_generator=noise_generator,
-                                grad_sync=grad_sync, settings=settings, schedule_step=state.optimizer_step)
+            with nvtx.range("train_step", nvtx.COARSE):
+                result = train_step(model, optimizer, next_batch, objective=objective, noise_generator=noise_generator,
+                                    grad_sync=grad_sync, settings=settings, schedule_step=state.optimizer_step)
             state.iteration += settings.grad_accum_steps
+            _log_events(logger, hooks.at_step(state.iteration), state.iteration)
             window.tokens += result.tokens * world_size
             window.data_wait_s += result.data_wait_s
             progress.update(settings.grad_accum_steps)
@@ -234,6 +252,8 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
                     **window.rates(),
                     "metrics.skipped_steps": state.skipped_steps,
                 }
+                if flops is not None:
+                    metrics.update(flops.metrics(metrics["metrics.tokens_per_s"]))
                 if result.mask_ratio is not None:
                     metrics["metrics.mask_ratio"] = result.mask_ratio.item()
                 metrics.update({f"metrics.data/{k}": v for k, v in hooks.loader_metrics().items()})
@@ -249,7 +269,8 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
 
             if validator is not None and (crossed(before, state.iteration, val_every)
                                           or state.iteration >= max_iteration):
-                val_metrics = hooks.reduce_metrics(validator.evaluate(model))
+                with nvtx.range("validation", nvtx.COARSE):
+                    val_metrics = hooks.reduce_metrics(validator.evaluate(model))
                 logger.log(val_metrics, step=state.iteration)
                 last_metrics.update(val_metrics)
                 window.restart_clock()

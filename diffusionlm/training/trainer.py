@@ -24,7 +24,7 @@ import torch
 
 from config.io import write_config
 from config.train import TrainConfig
-from diffusionlm.data.streaming import StreamingBatches
+from diffusionlm.data.batches import Batches, build_batches
 from diffusionlm.errors import InputError
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.checks import check_tokenizer_matches_model
@@ -37,6 +37,7 @@ from diffusionlm.training.objective import Objective, build_objective
 from diffusionlm.training.parallelize import Parallelized, parallelize
 from diffusionlm.training.rng import capture_rng_state, rank_seed, restore_rng_state
 from diffusionlm.training.sample import sample_text
+from diffusionlm.training.throughput import FlopCounter, model_flops_per_token, peak_flops
 from diffusionlm.training.validation import Validator
 from diffusionlm.utils.checkpoint import (
     Checkpointer,
@@ -57,6 +58,8 @@ from diffusionlm.utils.run_layout import (
 from diffusionlm.utils.threads import apply_num_threads
 from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from logger import Logger, build_logger
+from profiling import nvtx
+from profiling.trace import StepProfiler
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Trainer:
     device: torch.device
     tokenizer: Tokenizer
     parallel: Parallelized
-    train_batches: StreamingBatches
+    train_batches: Batches
     validator: Validator | None
     objective: Objective
     noise_generator: torch.Generator
@@ -175,16 +178,14 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
 
     # Data first: a dataset that cannot be opened (a Hub name offline, a missing file) fails
     # within seconds, before minutes go into initialising a large model.
-    train_batches = StreamingBatches(config.data, tokenizer.encode, config.model.eot_token_id,
-                                     split=config.data.train_split, context_length=config.model.context_length,
-                                     batch_size=training.batch_size, rank=rank, world_size=world_size,
-                                     seed=training.seed, loop=True)
+    batch_settings = {"context_length": config.model.context_length, "batch_size": training.batch_size,
+                      "rank": rank, "world_size": world_size, "seed": training.seed}
+    train_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.train_split,
+                                  loop=True, **batch_settings)
     validator = None
     if not training.skip_validation:
-        val_batches = StreamingBatches(config.data, tokenizer.encode, config.model.eot_token_id,
-                                       split=config.data.val_split, context_length=config.model.context_length,
-                                       batch_size=training.batch_size, rank=rank, world_size=world_size,
-                                       seed=training.seed, loop=False)
+        val_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.val_split,
+                                    loop=False, **batch_settings)
         try:
             validator = Validator(val_batches, training.max_val_iteration, causal=config.model.causal,
                                   mask_id=config.model.mask_token_id, noise_epsilon=training.noise_epsilon,
@@ -284,6 +285,10 @@ def run_training(trainer: Trainer) -> TrainResult:
     batches = trainer.train_batches
     trainer.logger.log(_provenance_record(batches.provenance()) | {"params.num_threads": torch.get_num_threads()},
                        step=trainer.state.iteration)
+    profiler = StepProfiler(config.profiling, trainer.run_dir, trainer.device) if trainer.rank == 0 else None
+    peak = peak_flops(trainer.device, config.logging.peak_tflops)
+    flops = FlopCounter(model_flops_per_token(config.model), peak * trainer.world_size if peak else None)
+    block_ranges = nvtx.annotate_blocks(getattr(trainer.model, "module", trainer.model).blocks)  # inside a DDP wrapper
     try:
         state = train_loop(
             trainer.model, trainer.optimizer, lambda: next(batches), objective=trainer.objective,
@@ -291,11 +296,13 @@ def run_training(trainer: Trainer) -> TrainResult:
             validator=trainer.validator, logger=trainer.logger,
             hooks=LoopHooks(save_checkpoint=_save_hook(trainer), loader_metrics=batches.metrics,
                             last_checkpoint=lambda: trainer.checkpointer.last_saved,
-                            reduce_metrics=all_reduce_mean_metrics),
+                            reduce_metrics=all_reduce_mean_metrics,
+                            at_step=profiler.at_step if profiler is not None else lambda iteration: {}),
             state=trainer.state, max_iteration=training.max_train_iteration, log_every=config.logging.log_every,
             val_every=training.val_freq_iteration, save_every=training.ckpting_save_iter,
             nan_policy=training.nan_policy, log_activation_norms=config.logging.log_activation_norms,
-            log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size)
+            log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size,
+            flops=flops)
         export_dir = sample = None
         final_model = trainer.parallel.full_model()  # collective; the unsharded model on rank 0
         if trainer.rank == 0:
@@ -309,6 +316,10 @@ def run_training(trainer: Trainer) -> TrainResult:
         return TrainResult(run_dir=trainer.run_dir, final_checkpoint=trainer.checkpointer.last_saved,
                            export_dir=export_dir, state=state, sample=sample)
     finally:
+        for handle in block_ranges:
+            handle.remove()
+        if profiler is not None and (events := profiler.close()):
+            trainer.logger.log(events, step=trainer.state.iteration)
         batches.close()
         trainer.logger.finish()
 

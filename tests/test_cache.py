@@ -16,8 +16,9 @@ def model():
     return small_model(seed=11)
 
 
-def left_padded_canvas():
-    """Two rows, one left-padded by 3, each a prompt followed by masks and a few committed tokens."""
+def denoiser_settings(cfg_scale: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Two rows, one left-padded by 3, each a prompt followed by masks and a few committed tokens;
+    with the BlockDenoiser arguments that describe them."""
     canvas = torch.randint(0, 60, (2, 40), generator=torch.Generator().manual_seed(0))
     canvas[:, 12:] = MASK_ID
     canvas[:, 14:16] = torch.tensor([[3, 4], [5, 6]])
@@ -26,16 +27,15 @@ def left_padded_canvas():
     prompt_mask = torch.zeros(2, 40, dtype=torch.bool)
     prompt_mask[:, :12] = attention_mask[:, :12]
     positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-    return canvas, prompt_mask, attention_mask, positions
+    return canvas, dict(cfg_scale=cfg_scale, mask_id=MASK_ID, prompt_mask=prompt_mask,
+                        attention_mask=attention_mask, positions=positions)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 @pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
 def test_cached_forward_equals_uncached_forward_when_nothing_changed(model, mode, cfg_scale):
-    canvas, prompt_mask, attention_mask, positions = left_padded_canvas()
-    kwargs = dict(cfg_scale=cfg_scale, mask_id=MASK_ID, prompt_mask=prompt_mask, attention_mask=attention_mask,
-                  positions=positions)
+    canvas, kwargs = denoiser_settings(cfg_scale)
     cached = BlockDenoiser(model, kv_cache=mode, **kwargs)
     plain = BlockDenoiser(model, kv_cache="none", **kwargs)
     for denoiser in (cached, plain):
@@ -50,11 +50,9 @@ def test_cached_forward_equals_uncached_forward_when_nothing_changed(model, mode
 
 @torch.no_grad()
 def test_cache_is_refreshed_at_each_block_boundary(model):
-    canvas, prompt_mask, attention_mask, positions = left_padded_canvas()
-    denoiser = BlockDenoiser(model, kv_cache="dual", cfg_scale=0.0, mask_id=MASK_ID, prompt_mask=prompt_mask,
-                             attention_mask=attention_mask, positions=positions)
-    plain = BlockDenoiser(model, kv_cache="none", cfg_scale=0.0, mask_id=MASK_ID, prompt_mask=prompt_mask,
-                          attention_mask=attention_mask, positions=positions)
+    canvas, kwargs = denoiser_settings()
+    denoiser = BlockDenoiser(model, kv_cache="dual", **kwargs)
+    plain = BlockDenoiser(model, kv_cache="none", **kwargs)
     denoiser.start_block(12, 20)
     denoiser(canvas)
     canvas[:, 12:20] = 7  # the block is decoded; the next block must see it
@@ -127,9 +125,7 @@ def test_refreshing_at_every_step_is_the_uncached_sampler_exactly(model, mode, t
 
 @torch.no_grad()
 def test_a_refresh_inside_the_block_sees_the_committed_tokens(model):
-    canvas, prompt_mask, attention_mask, positions = left_padded_canvas()
-    kwargs = dict(cfg_scale=0.0, mask_id=MASK_ID, prompt_mask=prompt_mask, attention_mask=attention_mask,
-                  positions=positions)
+    canvas, kwargs = denoiser_settings()
     stale, refreshed = (BlockDenoiser(model, kv_cache="dual", refresh_every=every, **kwargs) for every in (None, 2))
     plain = BlockDenoiser(model, kv_cache="none", **kwargs)
     for denoiser in (stale, refreshed, plain):
@@ -144,14 +140,13 @@ def test_a_refresh_inside_the_block_sees_the_committed_tokens(model):
 
 @torch.no_grad()
 def test_the_dual_cache_step_compiles_without_graph_breaks(model):
-    canvas, prompt_mask, attention_mask, positions = left_padded_canvas()
-    denoiser = BlockDenoiser(model, kv_cache="dual", cfg_scale=0.0, mask_id=MASK_ID, prompt_mask=prompt_mask,
-                             attention_mask=attention_mask, positions=positions)
+    canvas, kwargs = denoiser_settings()
+    denoiser = BlockDenoiser(model, kv_cache="dual", **kwargs)
     denoiser.start_block(12, 20)
     denoiser(canvas)  # records the cache
     denoiser.cache.write_at(denoiser._write_index)
-    explanation = torch._dynamo.explain(model.forward_hidden)(canvas[:, 12:20], attention_mask, positions[:, 12:20],
-                                                              kv_cache=denoiser.cache)
+    explanation = torch._dynamo.explain(model.forward_hidden)(canvas[:, 12:20], kwargs["attention_mask"],
+                                                              kwargs["positions"][:, 12:20], kv_cache=denoiser.cache)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 

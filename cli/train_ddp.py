@@ -19,7 +19,7 @@ import functools
 import os
 import sys
 
-from cli.train import add_train_arguments, dry_run, report_result
+from cli.train import add_train_arguments, adjust_train_config, dry_run, report_result
 from cli.utils import run_cli
 from config.train import TrainConfig
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     forwarded = list(sys.argv[1:] if argv is None else argv)  # the workers get the same arguments
     return run_cli(functools.partial(_run, forwarded=forwarded), TrainConfig, prog="diffusionlm-train-ddp",
                    description=__doc__, default_config="train_ddp.toml", add_arguments=add_train_arguments,
-                   argv=argv)
+                   adjust_config=adjust_train_config, argv=argv)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from config.schemas import BenchmarkConfig, DataConfig, InferenceConfig, KVCacheMode, Section
+from config.schemas import BenchmarkConfig, DataConfig, InferenceConfig, KVCacheMode, Section, require_text_rows
 
 ALL_VARIANTS = ["baseline", "prefix", "dual", "threshold", "prefix+threshold", "dual+threshold"]
 _PART = re.compile(r"prefix|dual|threshold|refresh(\d+)|compile")
@@ -81,3 +81,8 @@ class BenchInferConfig(BaseModel):
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     bench_infer: InferBenchSection = Field(default_factory=InferBenchSection)
     data: DataConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_data(self) -> BenchInferConfig:
+        require_text_rows(self.data, "diffusionlm-bench-infer")
+        return self

@@ -11,7 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.schemas import AUTOCAST_PRECISION, DataConfig, Device, NumThreads, Precision, Section
+from config.schemas import (
+    AUTOCAST_PRECISION,
+    DataConfig,
+    Device,
+    NumThreads,
+    Precision,
+    Section,
+    require_text_rows,
+)
 
 
 class EvalSection(Section):
@@ -57,3 +65,8 @@ class EvalConfig(BaseModel):
 
     eval: EvalSection = Field(default_factory=EvalSection)
     data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _check_data(self) -> EvalConfig:
+        require_text_rows(self.data, "diffusionlm-eval")
+        return self

@@ -169,6 +169,8 @@ class TrainingConfig(Section):
     antithetic_time: bool = Field(True, description="stratify t across the batch (lower-variance loss)")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="on a non-finite loss: stop, or skip the step")
     sample_at_end: bool = Field(True, description="print a short sample from the final model")
+    init_from: Path | None = Field(
+        None, description="fine-tune: start from these weights (run directory, checkpoint .pt or export/)")
 
 
 # `[data].dataset_name` for a token file written by diffusionlm-make-data (`data_files` names the .dat files).
@@ -185,6 +187,10 @@ class DataConfig(Section):
     train_split: str = "train"
     val_split: str | None = "validation"
     text_field: str = "text"
+    format: Literal["text", "sft"] = Field(
+        "text", description='"text": documents; "sft": prompt/response pairs for supervised fine-tuning (pad mode)')
+    prompt_field: str = Field("prompt", description='sft: column holding the prompt')
+    response_field: str = Field("response", description='sft: column holding the response')
     document_separator: str = Field(
         DOCUMENT_PER_LINE, min_length=1,
         description='text files: "line" (a document per line), "blank_line", or a separator such as "<|endoftext|>"')
@@ -210,7 +216,17 @@ class DataConfig(Section):
                                  '{ train = "out/train.dat", validation = "out/validation.dat" }')
             if self.mode != "pack" or self.token_field is not None:
                 raise ValueError('dataset_name = "memmap" holds one token stream: use mode = "pack" and no token_field')
+        if self.format == "sft" and self.mode != "pad":
+            raise ValueError('format = "sft" needs mode = "pad": each prompt/response pair is one sequence, padded '
+                             'with <|endoftext|> (packing several pairs into one window is not supported)')
         return self
+
+
+def require_text_rows(data: DataConfig | None, entry_point: str) -> None:
+    """For entry points that read `[data]` as text only: an SFT dataset is a training format."""
+    if data is not None and data.format != "text":
+        raise ValueError(f'data.format = "{data.format}" is for diffusionlm-train; {entry_point} reads text rows '
+                         '(format = "text")')
 
 
 class LoggingConfig(Section):

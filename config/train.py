@@ -46,4 +46,9 @@ class TrainConfig(BaseModel):
             raise ValueError("data.val_split is unset: name a validation split or set training.skip_validation = true")
         if self.model.causal and training.random_trunc_prob > 0:
             raise ValueError("training.random_trunc_prob must be 0 when model.causal = true (a diffusion-only option)")
+        if self.data.format == "sft":
+            if self.model.causal:
+                raise ValueError('data.format = "sft" trains the masked-diffusion SFT objective; model.causal must be false')
+            if training.random_trunc_prob > 0:
+                raise ValueError('training.random_trunc_prob must be 0 when data.format = "sft" (it would cut answers)')
         return self

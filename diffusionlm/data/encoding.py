@@ -39,6 +39,9 @@ def _encode_chunk(texts: list[str]) -> list[list[int]]:
 class OrderedEncoder:
     """Encode a stream of texts to token lists (each followed by `eot`), keeping input order.
 
+    `encode` may also map a row to a (prompt ids, response ids) pair (SFT), whose response
+    gets the `eot`.
+
     num_workers = 0 encodes in process, one row at a time with no lookahead. Otherwise a pool
     of `num_workers` processes is started on first use (fork where available, like torch's
     DataLoader; `encode` must be picklable where it is not) and reused until `close()`.
@@ -73,10 +76,12 @@ class OrderedEncoder:
             for tokens in pending.popleft().get():
                 yield self._with_eot(tokens)
 
-    def _with_eot(self, tokens: list[int]) -> list[int]:
-        tokens = list(tokens)
-        tokens.append(self.eot_token_id)
-        return tokens
+    def _with_eot(self, tokens: list[int] | tuple[list[int], list[int]]) -> list[int] | tuple[list[int], list[int]]:
+        """A document followed by eot; for an SFT (prompt, response) pair, the response is."""
+        if isinstance(tokens, tuple):
+            prompt, response = tokens
+            return list(prompt), [*response, self.eot_token_id]
+        return [*tokens, self.eot_token_id]
 
     def _get_pool(self) -> multiprocessing.pool.Pool:
         if self._pool is None:

@@ -4,6 +4,7 @@ Three kinds of `dataset_name`, all opened with streaming so nothing is downloade
 materialised up front:
 - "builtin": the procedural story corpus (`diffusionlm.data.corpus`) wrapped with
   `IterableDataset.from_generator`, so it flows through exactly the same code as any dataset;
+  "builtin_reverse" the same for the digit-reversal SFT task (`diffusionlm.data.tasks`);
 - a packaged loader ("json", "text", "parquet", "csv", "arrow") with `data_files`, or a local
   directory of such files. The "text" loader yields one row per line; `[data].document_separator`
   regroups a text file's lines into documents (`diffusionlm.data.documents`). Files on the Hub
@@ -11,6 +12,7 @@ materialised up front:
 - a Hugging Face Hub name (+ `dataset_config`). The Hub is probed first with a short timeout so
   a machine without network fails in seconds with one clear line instead of hanging in retries.
 
+A row is one text (`[data].format = "text"`) or a (prompt, response) pair (`"sft"`).
 Every failure the user can fix becomes an `InputError` naming the dataset, split and field.
 """
 
@@ -28,11 +30,12 @@ import datasets
 import pyarrow
 
 from config.schemas import DOCUMENT_PER_LINE, DataConfig
-from diffusionlm.data import corpus
+from diffusionlm.data import corpus, tasks
 from diffusionlm.data.documents import group_lines
 from diffusionlm.errors import InputError
 
 BUILTIN = "builtin"
+BUILTIN_REVERSE = "builtin_reverse"
 PACKAGED_LOADERS = ("json", "text", "parquet", "csv", "arrow")
 
 
@@ -71,13 +74,19 @@ def _builtin_rows(seeds: list[int], stories_per_shard: int) -> Iterator[dict[str
             yield {"text": story}
 
 
+def _reverse_rows(seeds: list[int], examples_per_shard: int, held_out: bool) -> Iterator[dict[str, str]]:
+    """Generator behind the builtin_reverse dataset (validation rows are the held-out strings)."""
+    for seed in seeds:
+        yield from tasks.iter_reverse_examples(seed, examples_per_shard, held_out=held_out)
+
+
 @dataclass(frozen=True)
 class RowSource:
     """An opened split: the streaming dataset plus what identifies it in logs and errors."""
 
     dataset: datasets.IterableDataset
     label: str  # "json[train]" or "roneneldan/TinyStories[validation]": used in every message
-    text_field: str
+    fields: dict[str, str]  # config key -> column: {"text_field": ...} or {"prompt_field": ..., "response_field": ...}
     provenance: dict
     document_separator: str = DOCUMENT_PER_LINE  # how a text file's lines become documents (documents.py)
 
@@ -85,11 +94,17 @@ class RowSource:
     def num_shards(self) -> int:
         return self.dataset.num_shards
 
-    def iter_texts(self, shard_order: Sequence[int]) -> Iterator[str]:
-        """The text of every row, shard by shard in `shard_order`, checked for type."""
+    def iter_texts(self, shard_order: Sequence[int]) -> Iterator[str | tuple[str, ...]]:
+        """Every row, shard by shard in `shard_order`, checked for type: its text, or for SFT
+        its (prompt, response) pair."""
         for shard in shard_order:
             rows = self.dataset if self.num_shards == 1 else self.dataset.shard(self.num_shards, shard)
-            yield from group_lines((self._text(row) for row in self._read(rows)), self.document_separator)
+            if len(self.fields) == 1:
+                yield from group_lines((self._text(row, *self.fields.items()) for row in self._read(rows)),
+                                       self.document_separator)
+            else:
+                for row in self._read(rows):
+                    yield tuple(self._text(row, field) for field in self.fields.items())
 
     def _read(self, rows: datasets.IterableDataset) -> Iterator[dict]:
         """Iterate `rows`, turning the loaders' decoding errors into one-line `InputError`s."""
@@ -111,8 +126,10 @@ class RowSource:
                                      "expected token ids")
                 yield ids
 
-    def _text(self, row: dict) -> str:
-        return self._field(row, self.text_field, "text_field", str, "a string")
+    def _text(self, row: dict, field: tuple[str, str]) -> str:
+        """row[column] for field = (config key, column), checked to be a string."""
+        key, column = field
+        return self._field(row, column, key, str, "a string")
 
     def _field(self, row: dict, name: str, setting: str, kind: type, expected: str):
         try:
@@ -122,7 +139,9 @@ class RowSource:
                 f"dataset {self.label}: row has no field {name!r} (fields: {sorted(row)}); set [data].{setting}"
             ) from None
         if not isinstance(value, kind):
-            raise InputError(f"dataset {self.label}: field {name!r} holds {type(value).__name__}, expected {expected}")
+            # The json loader fills a field that some rows lack with None.
+            held = "null (missing in this row)" if value is None else type(value).__name__
+            raise InputError(f"dataset {self.label}: field {name!r} holds {held}, expected {expected}")
         return value
 
 
@@ -130,8 +149,10 @@ def open_source(config: DataConfig, split: str) -> RowSource:
     """Open `split` of the dataset `config` describes, streaming."""
     name = config.dataset_name
     label = f"{name}[{split}]"
-    if name == BUILTIN:
-        dataset, files, fingerprint = _open_builtin(split, label)
+    fields = ({"prompt_field": config.prompt_field, "response_field": config.response_field}
+              if config.format == "sft" else {"text_field": config.text_field})
+    if name in (BUILTIN, BUILTIN_REVERSE):
+        dataset, files, fingerprint = _open_builtin(name, split, label)
     else:
         dataset, files, fingerprint = _open_datasets(config, split, label)
     provenance = {
@@ -141,24 +162,29 @@ def open_source(config: DataConfig, split: str) -> RowSource:
         "data_files": files,
         "fingerprint": fingerprint,
         "num_shards": dataset.num_shards,
-        "text_field": config.text_field,
+        "format": config.format,
+        **fields,
         "document_separator": config.document_separator,
     }
-    return RowSource(dataset, label, config.text_field, provenance, config.document_separator)
+    return RowSource(dataset, label, fields, provenance, config.document_separator)
 
 
-def _open_builtin(split: str, label: str) -> tuple[datasets.IterableDataset, list[str], str]:
+def _open_builtin(name: str, split: str, label: str) -> tuple[datasets.IterableDataset, list[str], str]:
     if split not in BUILTIN_SPLITS:
-        raise InputError(f"dataset {label}: the builtin corpus has splits {sorted(BUILTIN_SPLITS)}, not {split!r}")
+        raise InputError(f"dataset {label}: the {name} dataset has splits {sorted(BUILTIN_SPLITS)}, not {split!r}")
     layout = BUILTIN_SPLITS[split]
     seeds = list(range(layout.first_seed, layout.first_seed + layout.num_shards))
+    string = datasets.Value("string")
+    if name == BUILTIN:
+        generator, module, columns = _builtin_rows, corpus, ("text",)
+        gen_kwargs = {"seeds": seeds, "stories_per_shard": layout.stories_per_shard}
+    else:
+        generator, module, columns = _reverse_rows, tasks, ("prompt", "response")
+        gen_kwargs = {"seeds": seeds, "examples_per_shard": layout.stories_per_shard, "held_out": split != "train"}
     dataset = datasets.IterableDataset.from_generator(
-        _builtin_rows,
-        features=datasets.Features({"text": datasets.Value("string")}),
-        gen_kwargs={"seeds": seeds, "stories_per_shard": layout.stories_per_shard},
-    )
-    # The stories are a function of the generator's code and the split layout: hash both.
-    digest = hashlib.sha256(Path(corpus.__file__).read_bytes())
+        generator, features=datasets.Features({column: string for column in columns}), gen_kwargs=gen_kwargs)
+    # The rows are a function of the generator's code and the split layout: hash both.
+    digest = hashlib.sha256(Path(module.__file__).read_bytes())
     digest.update(repr(layout).encode())
     return dataset, [], digest.hexdigest()[:16]
 

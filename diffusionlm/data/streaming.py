@@ -7,6 +7,9 @@ The pipeline for one rank, every epoch:
        (pre-tokenized rows, `[data].token_field`, skip this step: they hold their ids and eot)
     -> pack into windows or pad one row per sequence                            (packing.py)
 
+With `[data].format = "sft"` a row is a (prompt, response) pair, padded to one sequence
+(`sft.py`), and a batch is an `SFTBatch` (ids plus each row's prompt length).
+
 The position is a few integers plus the packing carry-over: (epoch, rows consumed in this
 epoch, carry tokens). Because the row order is a pure function of (seeds, epoch, rank),
 resuming re-creates the epoch's stream, skips the consumed rows without tokenizing them, and
@@ -31,6 +34,7 @@ from diffusionlm.data.batch_source import BatchSource
 from diffusionlm.data.encoding import OrderedEncoder
 from diffusionlm.data.order import ShuffleBuffer, check_same_stream, rank_rows, shard_order
 from diffusionlm.data.packing import Packer, pad_document
+from diffusionlm.data.sft import SFTBatch, SFTPairEncoder, pad_pair
 from diffusionlm.data.sources import open_source
 from diffusionlm.errors import InputError
 
@@ -38,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 class StreamingBatches(BatchSource):
-    """Iterator of `torch.LongTensor (batch_size, context_length)` batches for one rank.
+    """Iterator of `torch.LongTensor (batch_size, context_length)` batches (`SFTBatch`es for SFT) for one rank.
 
     loop=True (training) starts a new epoch, reshuffled, whenever the data runs out and never
     stops. loop=False (validation) stops after one pass and drops the last partial batch (and,
@@ -56,6 +60,9 @@ class StreamingBatches(BatchSource):
                          world_size=world_size, seed=seed, loop=loop)
         self.eot_token_id = eot_token_id
         self.source = open_source(data_config, split)
+        self.is_sft = data_config.format == "sft"
+        if self.is_sft:
+            encode = SFTPairEncoder(encode, context_length, self.source.label)
         self.encoder = OrderedEncoder(encode, eot_token_id, data_config.num_workers)
 
         self.epoch = 0
@@ -65,12 +72,17 @@ class StreamingBatches(BatchSource):
         self._documents: Iterator[list[int]] | None = None  # the current epoch's encoded rows
         self._buffer: ShuffleBuffer | None = None
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> torch.Tensor | SFTBatch:
         if self._exhausted:
             raise StopIteration
         start = time.perf_counter()
-        return self._counted(torch.tensor([self._next_sequence() for _ in range(self.batch_size)], dtype=torch.long),
-                             start)
+        if self.is_sft:
+            rows, prompt_lengths = zip(*(pad_pair(*self._next_document(), self.context_length, self.eot_token_id)
+                                         for _ in range(self.batch_size)))
+            batch = SFTBatch(torch.tensor(rows, dtype=torch.long), torch.tensor(prompt_lengths, dtype=torch.long))
+        else:
+            batch = torch.tensor([self._next_sequence() for _ in range(self.batch_size)], dtype=torch.long)
+        return self._counted(batch, start)
 
     def _next_sequence(self) -> list[int]:
         if self.config.mode == "pack":
@@ -131,6 +143,7 @@ class StreamingBatches(BatchSource):
             "world_size": self.world_size,
             "order_seed": self.order_seed,
             "mode": self.config.mode,
+            "format": self.config.format,
             "document_separator": self.config.document_separator,
             "token_field": self.config.token_field,
             "context_length": self.context_length,

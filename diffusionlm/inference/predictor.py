@@ -58,11 +58,11 @@ class ModelSource:
     run_dir: Path
 
 
-def find_model_source(path: str | Path) -> ModelSource:
-    """Resolve a run directory, checkpoint file or export directory to its weights file."""
+def find_model_source(path: str | Path, field: str = "inference.checkpoint") -> ModelSource:
+    """Resolve a run directory, checkpoint file or export directory to its weights file; errors name `field`."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"inference.checkpoint: {path} does not exist; {TRAIN_HINT}")
+        raise InputError(f"{field}: {path} does not exist; {TRAIN_HINT}")
     if path.is_file():
         if path.suffix == ".safetensors":
             return ModelSource(path, "export", _run_dir_of_export(path.parent))
@@ -75,7 +75,7 @@ def find_model_source(path: str | Path) -> ModelSource:
         return ModelSource(checkpoints[-1], "checkpoint", path)
     if (path / EXPORT_DIRNAME / EXPORT_WEIGHTS_FILENAME).is_file():
         return ModelSource(path / EXPORT_DIRNAME / EXPORT_WEIGHTS_FILENAME, "export", path)
-    raise InputError(f"inference.checkpoint: {path} has no checkpoints/step_*.pt and no export/{EXPORT_WEIGHTS_FILENAME}; "
+    raise InputError(f"{field}: {path} has no checkpoints/step_*.pt and no export/{EXPORT_WEIGHTS_FILENAME}; "
                      f"{TRAIN_HINT}")
 
 
@@ -123,6 +123,25 @@ def _read_export(weights: Path, device: torch.device) -> tuple[ModelConfig, dict
         raise InputError(f"{weights}: corrupt or truncated safetensors file ({err})") from None
     return (_model_config(raw.get("model") if isinstance(raw, dict) else None, config_path), state, None,
             _read_run_config(_run_dir_of_export(weights.parent)))
+
+
+@dataclass
+class StoredWeights:
+    """A model's weights read from a checkpoint or an export, with the config to rebuild it."""
+
+    config: ModelConfig
+    state: dict
+    step: int | None  # micro-steps done (checkpoints only)
+    run_config: dict  # the training config the weights came from ({} when unknown)
+    source: ModelSource
+
+
+def read_weights(path: str | Path, device: torch.device, field: str = "inference.checkpoint") -> StoredWeights:
+    """The weights at a run directory, checkpoint file or export directory (see `find_model_source`)."""
+    source = find_model_source(path, field)
+    read = _read_checkpoint if source.kind == "checkpoint" else _read_export
+    config, state, step, run_config = read(source.weights, device)
+    return StoredWeights(config, state, step, run_config, source)
 
 
 def load_weights(model: nn.Module, state: dict, source: Path, config: ModelConfig) -> None:
@@ -191,13 +210,11 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Predictor:
         target = resolve_device(device, field="inference.device")
-        source = find_model_source(path)
-        read = _read_checkpoint if source.kind == "checkpoint" else _read_export
-        config, state, step, run_config = read(source.weights, target)
-        model = TransformerLM(config).to(target)
-        load_weights(model, state, source.weights, config)
-        return cls(model.eval(), load_run_tokenizer(source.run_dir), target, source=source.weights, step=step,
-                   run_config=run_config)
+        stored = read_weights(path, target)
+        model = TransformerLM(stored.config).to(target)
+        load_weights(model, stored.state, stored.source.weights, stored.config)
+        return cls(model.eval(), load_run_tokenizer(stored.source.run_dir), target, source=stored.source.weights,
+                   step=stored.step, run_config=stored.run_config)
 
     @property
     def config(self) -> ModelConfig:

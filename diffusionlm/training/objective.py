@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from config.schemas import ModelConfig, TrainingConfig
+from diffusionlm.data.sft import SFTBatch
 from diffusionlm.diffusion.loss import autoregressive_loss, diffusion_loss
 
 
@@ -32,10 +33,15 @@ class DiffusionObjective:
     random_trunc_prob: float
     antithetic: bool
 
-    def __call__(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None) -> ObjectiveOutput:
+    def __call__(self, model: nn.Module, x0: torch.Tensor | SFTBatch,
+                 generator: torch.Generator | None) -> ObjectiveOutput:
+        """x0: a batch of ids, or an `SFTBatch`, whose prompts are never masked (LLaDA's SFT loss)."""
+        prompt_lengths = None
+        if isinstance(x0, SFTBatch):
+            x0, prompt_lengths = x0.ids, x0.prompt_lengths
         out = diffusion_loss(model, x0, mask_token_id=self.mask_token_id, noise_epsilon=self.noise_epsilon,
                              random_trunc_prob=self.random_trunc_prob, antithetic=self.antithetic,
-                             generator=generator)
+                             prompt_lengths=prompt_lengths, generator=generator)
         return ObjectiveOutput(out.loss, out.mask_ratio)
 
 

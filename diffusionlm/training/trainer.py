@@ -1,7 +1,7 @@
 """Wiring: build everything a run needs from a `TrainConfig`, then hand it to the loop.
 
     config -> tokenizer check -> device -> run directory (config.toml, tokenizer/)
-           -> data, validation -> model -> parallelize (compile, DDP/FSDP2, optimizer)
+           -> [pre-trained weights to fine-tune from] -> data, validation -> model -> parallelize (compile, DDP/FSDP2, optimizer)
            -> logger -> [restore checkpoint] -> train_loop -> export/model.safetensors -> a sample
 
 Nothing here computes a loss or steps an optimizer; see `loop.py` for that. In a
@@ -26,6 +26,7 @@ from config.io import write_config
 from config.train import TrainConfig
 from diffusionlm.data.batches import Batches, build_batches
 from diffusionlm.errors import InputError
+from diffusionlm.inference.predictor import StoredWeights, load_weights, read_weights
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.tokenizer.checks import check_tokenizer_matches_model
 from diffusionlm.tokenizer.io import load_tokenizer, save_tokenizer
@@ -175,6 +176,9 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
         run_dir = run_dir_of(checkpoint_file)
     else:
         run_dir = _new_run_dir(config)
+    # Fine-tuning: read (and check) the pre-trained weights before any slow work; a resumed run
+    # has its own weights in the checkpoint.
+    init_weights = _read_init_weights(config, device) if training.init_from is not None and resume is None else None
 
     # Data first: a dataset that cannot be opened (a Hub name offline, a missing file) fails
     # within seconds, before minutes go into initialising a large model.
@@ -199,6 +203,8 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
     model = TransformerLM(config.model).to(device)
     if rank:
         noise_generator = seed_everything(rank_seed(training.seed, rank))  # but this rank's own noise
+    if init_weights is not None:
+        load_weights(model, init_weights.state, init_weights.source.weights, init_weights.config)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
     parallel = parallelize(model, config.optimizer, config.ddp, compile=training.compile)
@@ -231,6 +237,22 @@ def _check_same_world_size(checkpoint: dict, world_size: int, path: Path) -> Non
     if saved != world_size:
         raise InputError(f"{path}: written by a run with {saved} rank(s), this run has {world_size}; the data "
                          f"streams are split per rank, so resume it with {saved} rank(s)")
+
+
+# The `[model]` fields that fix the weights' shapes or the meaning of their token ids: a
+# fine-tuning run must keep them. context_length, rope_theta and causal may change.
+INIT_FROM_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "mask_token_id", "eot_token_id")
+
+
+def _read_init_weights(config: TrainConfig, device: torch.device) -> StoredWeights:
+    """`training.init_from`'s weights, checked to fit `[model]` (InputError naming the first field that differs)."""
+    stored = read_weights(config.training.init_from, device, field="training.init_from")
+    for key in INIT_FROM_FIELDS:
+        saved, wanted = getattr(stored.config, key), getattr(config.model, key)
+        if saved != wanted:
+            raise InputError(f"training.init_from: {stored.source.weights} has model.{key} = {saved!r} but the "
+                             f"config says {wanted!r}; fine-tuning needs the same model shape")
+    return stored
 
 
 def _save_hook(trainer: Trainer):

@@ -9,16 +9,23 @@ The numbers come from the same estimator as `diffusionlm-eval` (`evaluate_perple
 ELBO bound for diffusion models, one noise level per sequence, and the exact next-token
 likelihood for causal ones. `val_loss` is the per-token negative log-likelihood (bound),
 `val_elbo_ppl` its exponential and `val_bpb` the same in bits per byte of the original text.
+
+SFT batches are scored by the SFT objective itself on the fixed draws: the ELBO bound on
+-log p(answer | prompt) per answer token (pads included, as in training), averaged over rows.
+There is no bits-per-byte figure for them (the pads stand for no text).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from diffusionlm.data.sft import SFTBatch
 from diffusionlm.diffusion.elbo import evaluate_perplexity
+from diffusionlm.diffusion.loss import diffusion_loss
 from diffusionlm.errors import InputError
 
 VALIDATION_NOISE_SEED_OFFSET = 1_000_003
@@ -45,11 +52,25 @@ class Validator:
         was_training = model.training
         model.eval()
         with self.autocast():
-            report = evaluate_perplexity(
-                model, (batch.to(self.device) for batch in self.batches), method=self.method, mask_id=self.mask_id,
-                count_bytes=lambda ids: self.count_text_bytes(ids.tolist()), max_sequences=self.num_sequences,
-                num_samples=1, noise_epsilon=self.noise_epsilon, generator=torch.Generator().manual_seed(self.seed))
+            metrics = self._evaluate_sft(model) if isinstance(self.batches[0], SFTBatch) else self._evaluate(model)
         model.train(was_training)
+        return metrics
+
+    def _evaluate_sft(self, model: nn.Module) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(self.seed)
+        losses = [float(diffusion_loss(model, batch.ids.to(self.device), mask_token_id=self.mask_id,
+                                       noise_epsilon=self.noise_epsilon, antithetic=True,
+                                       prompt_lengths=batch.prompt_lengths, generator=generator).loss)
+                  for batch in self.batches]
+        val_loss = sum(losses) / len(losses)
+        return {"metrics.val_loss": val_loss, "metrics.val_elbo_ppl": math.exp(min(val_loss, 700.0))}
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        report = evaluate_perplexity(
+            model, (batch.to(self.device) for batch in self.batches), method=self.method, mask_id=self.mask_id,
+            count_bytes=lambda ids: self.count_text_bytes(ids.tolist()),
+            max_sequences=self.num_sequences,
+            num_samples=1, noise_epsilon=self.noise_epsilon, generator=torch.Generator().manual_seed(self.seed))
         return {
             "metrics.val_loss": report.nll_per_token,
             "metrics.val_elbo_ppl": report.perplexity,

@@ -14,8 +14,8 @@ Both are scored on the same first --val-sequences packed windows of `tinystories
 bits per UTF-8 byte: the diffusion model by its ELBO bound (--elbo-samples noise levels per
 sequence, stratified over [eps, 1] with the fixed eps of NOISE_EPSILON, whatever the training
 recipe does with t, so a recipe change is scored by the same bound), the causal model exactly.
-The standard errors are those of the Monte-Carlo estimate (0 for the exact likelihood); both
-models see the same sequences. The last line is the ratio diffusion/AR (lower is better, 1.0
+Two standard errors: the total one (the spread over sequences, Monte-Carlo noise included) and
+the Monte-Carlo part alone (0 for the exact likelihood); both models see the same sequences. The last line is the ratio diffusion/AR (lower is better, 1.0
 would mean masked diffusion learns as much per token as next-token prediction).
 """
 
@@ -157,12 +157,13 @@ def print_table(outcomes: list[Outcome], args: argparse.Namespace) -> None:
     print(f"\nbudget: {args.steps} steps x {args.batch_size} x {args.context_length} = {tokens:,} tokens; "
           f"d_model {args.d_model}, {args.num_layers} layers, vocab {args.vocab_size}; "
           f"scored on {outcomes[0].report.num_sequences} validation windows")
-    print("| model | bits/byte | MC s.e. | nats/token | estimate | train s |")
-    print("|---|---:|---:|---:|---|---:|")
+    print("| model | bits/byte | s.e. | MC s.e. | nats/token | estimate | train s |")
+    print("|---|---:|---:|---:|---:|---|---:|")
     for outcome in outcomes:
         report = outcome.report
         kind = f"ELBO bound, {args.elbo_samples} samples" if report.is_bound else "exact"
         print(f"| {outcome.name} | {report.bits_per_byte:.4f} | {report.bits_per_byte_se:.4f} | "
+              f"{report.bits_per_byte_mc_se:.4f} | "
               f"{report.nll_per_token:.4f} | {kind} | {outcome.train_s:.0f} |")
     by_name = {outcome.name: outcome.report for outcome in outcomes}
     if {"diffusion", "ar"} <= set(by_name):

@@ -127,7 +127,7 @@ def _exact_answers(run_dir: Path, examples: list[dict]) -> float:
     def prompt_kept(info) -> None:
         assert torch.equal(info.canvas[:, :width].cpu(), prompt_ids)
 
-    sample = predictor.sample(prompts, inference, on_step=prompt_kept)
+    sample = predictor.sample_ids(prompt_ids.tolist(), inference, on_step=prompt_kept, prompts=prompts)
     eot = predictor.config.eot_token_id
     right = 0
     for example, completion, row in zip(examples, sample.completions, sample.result.tokens.tolist()):

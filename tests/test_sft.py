@@ -142,8 +142,8 @@ def test_fine_tuned_model_reverses_held_out_digit_strings(tmp_path):
     """Pre-train a tiny model for a few steps on stories, fine-tune it with --init-from on the
     built-in reversal task (600 steps of batch 32 on one thread), and score 32 held-out
     prompts: the fine-tuned model must get >= 70% exactly right (measured: 32/32), the
-    pre-trained-only one none (measured: 0/32). Measured 141 s on a 2-core machine at load
-    ~11 (other jobs running beside it)."""
+    pre-trained-only one none (measured: 0/32). Measured 27 s on a 2-core machine at load
+    ~2-4, 141 s at load ~11."""
     torch.set_num_threads(1)  # a tiny model runs fastest on one thread, above all on a loaded machine
     runs = tmp_path / "runs"
     pre = _pretrain(runs, **TASK_MODEL)

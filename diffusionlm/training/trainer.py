@@ -1,8 +1,8 @@
 """Wiring: build everything a run needs from a `TrainConfig`, then hand it to the loop.
 
     config -> tokenizer check -> device -> run directory (config.toml, tokenizer/)
-           -> [pre-trained weights to fine-tune from] -> data, validation -> model -> parallelize (compile, DDP/FSDP2, optimizer)
-           -> logger -> [restore checkpoint] -> train_loop -> export/model.safetensors -> a sample
+           -> [pre-trained weights to fine-tune from] -> data, validation -> model
+           -> parallelize (compile, DDP/FSDP2, optimizer) -> logger -> [restore checkpoint] -> train_loop -> export/model.safetensors -> a sample
 
 Nothing here computes a loss or steps an optimizer; see `loop.py` for that. In a
 data-parallel run every rank builds its own trainer: the model is initialised from the same

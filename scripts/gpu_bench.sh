@@ -16,7 +16,7 @@
 #     pydantic pydantic-core annotated-types typing-inspection datasets dill multiprocess tomli-w
 # The reference script is ../shared/reference/ref_bench.py, or shared/reference/ in the checkout.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 out="${1:-${OUT:-gpu_results}}"
 mkdir -p "$out"
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
@@ -48,5 +48,6 @@ run bench_infer_b1 "$PYTHON" -m cli.bench_infer --config config/resources/bench_
 run bench_infer_b8 "$PYTHON" -m cli.bench_infer --config config/resources/bench_infer_gpu.toml --set bench_infer.num_prompts=8
 # Only the files that hold gpu-marked tests: the others may import client libraries (openai,
 # playwright) that the GPU image lacks.
-run gpu_tests "$PYTHON" -m pytest -q -m gpu $(grep -l "pytest.mark.gpu" tests/test_*.py)
+mapfile -t gpu_test_files < <(grep -l "pytest.mark.gpu" tests/test_*.py)
+run gpu_tests "$PYTHON" -m pytest -q -m gpu "${gpu_test_files[@]}"
 exit $status

@@ -2,7 +2,9 @@
 `torchrun --standalone --nproc-per-node N`, for when torchrun is not used.
 
 Each worker gets torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
-MASTER_ADDR, MASTER_PORT on a free loopback port). If a worker fails, the others are given
+MASTER_ADDR, MASTER_PORT on a free loopback port) and, unless OMP_NUM_THREADS is exported, an
+equal share of the usable cores as its OMP_NUM_THREADS: each rank would otherwise default to all
+of them, and N ranks x all cores oversubscribe the CPU. If a worker fails, the others are given
 `grace_s` to notice (their collectives time out or see the closed connection) and are then
 terminated, so the launcher never waits on a hung rank. The exit code is the first failure's.
 """
@@ -15,6 +17,8 @@ import socket
 import subprocess
 import time
 
+from diffusionlm.utils.threads import default_num_threads
+
 POLL_S = 0.2
 
 
@@ -25,8 +29,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def worker_env(rank: int, world_size: int, port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, default_num_threads() // world_size))
     return {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
+            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": host, "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": threads}
 
 
 def launch(command: list[str], nproc: int, grace_s: float) -> int:

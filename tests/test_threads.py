@@ -10,6 +10,7 @@ import torch
 
 from config.schemas import InferenceConfig, TrainingConfig
 from diffusionlm.errors import InputError
+from ddp.launch import worker_env
 from diffusionlm.utils.threads import apply_num_threads, default_num_threads
 
 
@@ -65,3 +66,12 @@ def test_training_applies_and_logs_its_thread_count(tmp_path, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["params.num_threads"] for r in records if "params.num_threads" in r] == [1]
     assert torch.get_num_threads() == 1
+
+
+def test_local_launcher_gives_each_rank_its_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [worker_env(rank, 3, 29500)["OMP_NUM_THREADS"] for rank in range(3)] == ["2", "2", "2"]
+    assert worker_env(0, 16, 29500)["OMP_NUM_THREADS"] == "1"  # never below one thread
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert worker_env(1, 2, 29500)["OMP_NUM_THREADS"] == "5"  # an exported value is the user's choice

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,15 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_data_streaming import ROWS, jsonl_config, make_batches, rows_of, write_jsonl
 
+from ddp.launch import free_port
 
 WALL_LIMIT_S = 180  # the whole two-process run, rendezvous included
 GROUP_TIMEOUT = timedelta(seconds=60)  # any one rendezvous or collective
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _read_rank_rows(rank: int, world_size: int, address: str, folder: str) -> None:
@@ -45,7 +39,7 @@ def _read_rank_rows(rank: int, world_size: int, address: str, folder: str) -> No
 @pytest.mark.slow
 def test_two_gloo_ranks_read_disjoint_rows_covering_the_file(tmp_path, loopback):
     write_jsonl(tmp_path / "d.jsonl", ROWS)
-    address = f"{loopback}:{_free_port(loopback)}"
+    address = f"{loopback}:{free_port(loopback)}"
     ranks = mp.spawn(_read_rank_rows, args=(2, address, str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + WALL_LIMIT_S
     try:

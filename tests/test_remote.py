@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -26,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, SHARED_DATA
 from test_train_fixtures import write_tiny_toml
+
+from ddp.launch import free_port
 
 SCRIPTS = REPO_ROOT / "scripts"
 JUST = Path(sys.executable).parent / "just"
@@ -37,12 +37,6 @@ JUST_TIMEOUT_S = 240
 TINY_RUN = "tiny-remote"
 # Talks to itself over 127.0.0.1: skips, saying why, where loopback is down.
 pytestmark = pytest.mark.usefixtures("loopback")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def just_command(*args: str) -> list[str]:

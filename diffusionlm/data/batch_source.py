@@ -32,11 +32,25 @@ class BatchSource:
         self.seed = seed
         self.loop = loop
         self.order_seed = f"{data_config.shuffle_seed}.{seed}"
+        self.epoch = 0
+        self._exhausted = False  # a non-looping source that has run out
         self._tokens_since_metrics = 0
         self._busy_s_since_metrics = 0.0
 
     def __iter__(self) -> BatchSource:
         return self
+
+    def _check_not_exhausted(self) -> None:
+        if self._exhausted:
+            raise StopIteration
+
+    def _end_epoch(self) -> None:
+        """This rank's data for the epoch is used up: stop for good (loop = False), else move on
+        to the next epoch (the caller resets its own position within the epoch)."""
+        if not self.loop:
+            self._exhausted = True
+            raise StopIteration
+        self.epoch += 1
 
     def _counted(self, batch: torch.Tensor, started: float) -> torch.Tensor:
         """Record a batch made since `started` (perf_counter) for the speed metric; returns it."""

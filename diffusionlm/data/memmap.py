@@ -102,10 +102,8 @@ class MemmapBatches(BatchSource):
                          world_size=world_size, seed=seed, loop=loop)
         self.file = token_file
         self.shuffled = loop and data_config.memmap_windows == "random"
-        self.epoch = 0
         self.windows_consumed = 0  # of this rank's windows in this epoch
         self._starts: np.ndarray | None = None
-        self._exhausted = False
 
     def _epoch_starts(self) -> np.ndarray:
         """Start offsets of this rank's windows in the current epoch, in reading order."""
@@ -123,8 +121,7 @@ class MemmapBatches(BatchSource):
         return starts
 
     def __next__(self) -> torch.Tensor:
-        if self._exhausted:
-            raise StopIteration
+        self._check_not_exhausted()
         start_time = time.perf_counter()
         starts: list[np.ndarray] = []
         needed = self.batch_size
@@ -136,10 +133,7 @@ class MemmapBatches(BatchSource):
             self.windows_consumed += len(taken)
             needed -= len(taken)
             if needed:
-                if not self.loop:
-                    self._exhausted = True
-                    raise StopIteration
-                self.epoch += 1
+                self._end_epoch()
                 self.windows_consumed = 0
                 self._starts = None
         tokens = self.file.tokens

@@ -65,16 +65,13 @@ class StreamingBatches(BatchSource):
             encode = SFTPairEncoder(encode, context_length, self.source.label)
         self.encoder = OrderedEncoder(encode, eot_token_id, data_config.num_workers)
 
-        self.epoch = 0
         self.rows_consumed = 0  # rows of this epoch, in this rank's order, already in batches or carry
         self.packer = Packer(context_length)
-        self._exhausted = False
         self._documents: Iterator[list[int]] | None = None  # the current epoch's encoded rows
         self._buffer: ShuffleBuffer | None = None
 
     def __next__(self) -> torch.Tensor | SFTBatch:
-        if self._exhausted:
-            raise StopIteration
+        self._check_not_exhausted()
         start = time.perf_counter()
         if self.is_sft:
             rows, prompt_lengths = zip(*(pad_pair(*self._next_document(), self.context_length, self.eot_token_id)
@@ -102,10 +99,7 @@ class StreamingBatches(BatchSource):
                 raise InputError(f"dataset {self.source.label}: no rows"
                                  + (f" for rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""))
             self._documents = None
-            if not self.loop:
-                self._exhausted = True
-                raise StopIteration
-            self.epoch += 1
+            self._end_epoch()
             self.rows_consumed = 0
 
     def _epoch_documents(self) -> Iterator[list[int]]:

@@ -32,6 +32,7 @@ from diffusionlm.inference.sampling import (
     BlockPlan,
     Generators,
     banned_token_mask,
+    check_threshold_remasking,
     confidence_scores,
     defer_tokens,
     gumbel_max_sample,
@@ -98,9 +99,7 @@ def _check_arguments(model: nn.Module, prompt_ids: torch.Tensor, *, gen_length: 
         raise InputError(f"inference.top_p must be in (0, 1] (got {top_p})")
     if threshold is not None and not 0 < threshold <= 1:
         raise InputError(f"inference.threshold must be in (0, 1] (got {threshold})")
-    if threshold is not None and remasking == "entropy":
-        raise InputError("inference.threshold needs a confidence in [0, 1]: remasking 'entropy' scores are negative "
-                         "entropies, which never reach it (use low_confidence or margin)")
+    check_threshold_remasking(threshold, remasking)
     if cfg_scale < 0:
         raise InputError(f"inference.cfg_scale must be >= 0 (got {cfg_scale})")
     if not 0 <= mask_id < config.vocab_size:

@@ -164,6 +164,14 @@ def confidence_scores(logits: torch.Tensor, sampled: torch.Tensor, remasking: st
     raise InputError(f"inference.remasking: unknown strategy {remasking!r} (use one of {', '.join(REMASKING_STRATEGIES)})")
 
 
+def check_threshold_remasking(threshold: float | None, remasking: str) -> None:
+    """Threshold decoding commits tokens whose confidence reaches `threshold` in (0, 1]; entropy
+    scores (negative entropies, always <= 0) never do, so that pairing would decode nothing."""
+    if threshold is not None and remasking == "entropy":
+        raise InputError("inference.threshold needs a confidence in [0, 1]: remasking 'entropy' scores are negative "
+                         "entropies, which never reach it (use low_confidence or margin)")
+
+
 def defer_tokens(confidence: torch.Tensor, sampled: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
     """Lowest confidence for positions whose sampled token is one of `token_ids` (EOS and EOT
     under `confidence_eos_eot_inf`), so they are committed only once nothing else is left."""

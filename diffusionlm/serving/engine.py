@@ -19,7 +19,7 @@ import secrets
 from diffusionlm.errors import InputError
 from diffusionlm.inference.generate import StepInfo
 from diffusionlm.inference.predictor import Predictor
-from diffusionlm.inference.sampling import plan_blocks
+from diffusionlm.inference.sampling import check_threshold_remasking, plan_blocks
 from diffusionlm.serving.metrics import ServerMetrics
 from diffusionlm.serving.protocol import APIError, CompletionRequest, SamplerSettings
 from diffusionlm.serving.scheduler import Job, Row
@@ -46,9 +46,10 @@ def make_rows(predictor: Predictor, request: CompletionRequest, settings: Sample
         plan_blocks(0, gen_length, inference.block_length, inference.steps)
     except InputError as err:
         raise APIError(400, str(err).replace("inference.", ""), param="steps") from None
-    if inference.threshold is not None and inference.remasking == "entropy":
-        raise APIError(400, "threshold needs a confidence in [0, 1]; remasking 'entropy' never reaches it "
-                            "(use low_confidence or margin)", param="threshold")
+    try:
+        check_threshold_remasking(inference.threshold, inference.remasking)
+    except InputError as err:
+        raise APIError(400, str(err).replace("inference.", ""), param="threshold") from None
     base = request.seed if request.seed is not None else secrets.randbits(63)
     rows = [Row(p * request.n + i, ids, (base + p * request.n + i) & _SEED_MASK)
             for p, ids in enumerate(encoded) for i in range(request.n)]

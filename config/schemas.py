@@ -33,6 +33,9 @@ AUTOCAST_PRECISION: Precision = "bfloat16"  # CUDA autocast dtype unless configu
 RemaskingStrategy = Literal["low_confidence", "random", "margin", "entropy"]
 KVCacheMode = Literal["none", "prefix", "dual"]
 NOISE_EPSILON = 1e-3  # floor of the mask probability: p_mask = (1 - eps) * t + eps
+# How the diffusion loss weighs a sequence's masked tokens: "elbo" divides each by p_mask (the
+# ELBO's own Monte-Carlo weight), "masked_mean" averages them (the self-normalised estimator).
+LossWeighting = Literal["elbo", "masked_mean"]
 
 # `[data].document_separator` values with a meaning of their own; any other string is a separator.
 DOCUMENT_PER_LINE = "line"
@@ -167,6 +170,10 @@ class TrainingConfig(Section):
     noise_epsilon: float = Field(NOISE_EPSILON, ge=0, lt=1, description="p_mask = (1-eps)*t + eps")
     random_trunc_prob: float = Field(0.0, ge=0, le=1, description="probability of cutting a batch to a random length")
     antithetic_time: bool = Field(True, description="stratify t across the batch (lower-variance loss)")
+    mask_rate_floor: float = Field(
+        0.0, ge=0, lt=1, description="training draws t from U[floor, 1); evaluation still covers the full range")
+    loss_weighting: LossWeighting = Field(
+        "elbo", description='"elbo": masked tokens weighted 1/p_mask; "masked_mean": averaged per sequence')
     nan_policy: Literal["stop", "skip"] = Field("stop", description="on a non-finite loss: stop, or skip the step")
     sample_at_end: bool = Field(True, description="print a short sample from the final model")
     init_from: Path | None = Field(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from config.schemas import ModelConfig, TrainingConfig
 from diffusionlm.diffusion import (
     apply_mask,
     autoregressive_loss,
@@ -18,6 +19,7 @@ from diffusionlm.diffusion import (
     random_truncate,
     sample_times,
 )
+from diffusionlm.training.objective import build_objective
 
 torch.set_num_threads(1)
 
@@ -92,6 +94,16 @@ def test_masked_token_loss_equals_hand_computed_case():
     loss = masked_token_loss(model, X0, _noisy(X0, IS_MASKED), IS_MASKED, P_MASK)
     expected = (_ce(TABLE[0], 0) / 0.5 + _ce(TABLE[2], 2) / 0.5 + _ce(TABLE[3], 0) / 0.25) / (2 * 4)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_masked_mean_weighting_averages_each_rows_masked_tokens():
+    model = PositionLogitsLM(torch.tensor(TABLE))
+    loss = masked_token_loss(model, X0, _noisy(X0, IS_MASKED), IS_MASKED, P_MASK, weighting="masked_mean")
+    first = (_ce(TABLE[0], 0) + _ce(TABLE[2], 2)) / 2  # p_mask plays no part
+    second = _ce(TABLE[3], 0) / 1
+    assert loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
+    nothing = torch.zeros_like(IS_MASKED)
+    assert masked_token_loss(model, X0, X0, nothing, P_MASK, weighting="masked_mean").item() == 0.0
 
 
 def test_sft_loss_normalises_each_sequence_by_its_answer_length():
@@ -173,33 +185,68 @@ def test_loss_is_unbiased_for_constant_cross_entropy(antithetic):
     assert result.loss.item() == pytest.approx(math.log(vocab), abs=tolerance)
 
 
-def test_loss_is_unbiased_for_a_context_dependent_model():
-    # Position i masked (prob p) with K other masked tokens, K ~ Bin(L - 1, p): the 1/p weight
-    # cancels the masking probability, so E[loss] = 1/L sum_i int_0^1 E_K[CE_i(1 + K)] dt.
-    vocab, length, batch, eps = 4, 6, 20_000, 1e-3
-    scales = torch.linspace(0.5, 4.0, length)
-    model = MaskCountLM(scales, vocab, mask_token_id=vocab - 1)
-
+def _mask_count_ce(scales: torch.Tensor, vocab: int, length: int):
     def ce(i, k):
         logit = scales[i].item() * (1 - k / length)
         return math.log(math.exp(logit) + vocab - 1) - logit
+    return ce
 
-    t = np.linspace(0.0, 1.0, 4001)
+
+@pytest.mark.parametrize("floor", [0.0, 0.3])
+def test_loss_is_unbiased_for_a_context_dependent_model(floor):
+    # Position i masked (prob p) with K other masked tokens, K ~ Bin(L - 1, p): the 1/p weight
+    # cancels the masking probability, so E[loss] = 1/L sum_i E_t[E_K[CE_i(1 + K)]], the
+    # expectation over t ~ U[floor, 1).
+    vocab, length, batch, eps = 4, 6, 20_000, 1e-3
+    scales = torch.linspace(0.5, 4.0, length)
+    model = MaskCountLM(scales, vocab, mask_token_id=vocab - 1)
+    ce = _mask_count_ce(scales, vocab, length)
+
+    t = np.linspace(floor, 1.0, 4001)
     p = (1 - eps) * t + eps
     others = length - 1
     expected_ce = sum(
         math.comb(others, j) * p**j * (1 - p) ** (others - j) * ce(i, 1 + j)
         for i in range(length) for j in range(others + 1)
     ) / length
-    expected = np.trapezoid(expected_ce, t)
+    expected = np.trapezoid(expected_ce, t) / (1 - floor)
 
     x0 = torch.zeros(batch, length, dtype=torch.long)
-    result = diffusion_loss(model, x0, mask_token_id=vocab - 1, noise_epsilon=eps,
+    result = diffusion_loss(model, x0, mask_token_id=vocab - 1, noise_epsilon=eps, mask_rate_floor=floor,
                             generator=torch.Generator().manual_seed(2))
     # Per row, loss <= max CE * #masked / (p L), whose second moment is 1 + Var(#masked / (p L)).
     max_ce = max(ce(i, length) for i in range(length))
     tolerance = 4 * max_ce * math.sqrt(1 + _sampling_standard_error(length, eps, 1) ** 2) / math.sqrt(batch)
     assert result.loss.item() == pytest.approx(expected, abs=tolerance)
+
+
+def test_masked_mean_estimates_llada_discrete_bound():
+    # With t ~ U(0, 1) the masked count n is uniform on {0..L}; given n, the masked set is a uniform
+    # n-subset, so the row mean has expectation 1/(L+1) sum_{n>=1} 1/L sum_i CE_i(n): LLaDA's
+    # discrete-time bound (eq. 6) times L/(L+1), the row with nothing masked counting 0.
+    vocab, length, batch = 4, 6, 20_000
+    scales = torch.linspace(0.5, 4.0, length)
+    model = MaskCountLM(scales, vocab, mask_token_id=vocab - 1)
+    ce = _mask_count_ce(scales, vocab, length)
+    discrete_bound = sum(ce(i, n) for i in range(length) for n in range(1, length + 1)) / (length * length)
+
+    x0 = torch.zeros(batch, length, dtype=torch.long)
+    result = diffusion_loss(model, x0, mask_token_id=vocab - 1, noise_epsilon=0.0, weighting="masked_mean",
+                            generator=torch.Generator().manual_seed(3))
+    tolerance = 4 * max(ce(i, 1) for i in range(length)) / math.sqrt(batch)  # each row's mean lies in [0, max CE]
+    assert result.loss.item() == pytest.approx(discrete_bound * length / (length + 1), abs=tolerance)
+    # The ELBO weighting on the same draws estimates the bound itself.
+    elbo = diffusion_loss(model, x0, mask_token_id=vocab - 1, noise_epsilon=0.0,
+                          generator=torch.Generator().manual_seed(3)).loss.item()
+    assert elbo == pytest.approx(discrete_bound, abs=4 * tolerance)
+
+
+def test_mask_rate_floor_keeps_every_rows_mask_rate_above_it():
+    x0 = torch.zeros(64, 512, dtype=torch.long)
+    result = diffusion_loss(PositionLogitsLM(torch.zeros(512, 3)), x0, mask_token_id=2, noise_epsilon=1e-3,
+                            antithetic=True, mask_rate_floor=0.5, generator=torch.Generator().manual_seed(4))
+    # t is stratified over [0.5, 1): the mean mask rate is ~0.75 (0.5 without the floor).
+    assert result.mask_ratio.item() == pytest.approx(0.75, abs=0.02)
 
 
 def test_antithetic_times_put_one_sample_in_each_stratum():
@@ -272,3 +319,12 @@ def test_same_generator_seed_gives_the_same_loss():
                               generator=torch.Generator().manual_seed(7)).loss
 
     assert torch.equal(run(), run())
+
+
+def test_training_config_reaches_the_objective():
+    model_cfg = ModelConfig(vocab_size=8, context_length=4, d_model=8, num_layers=1, num_heads=2, d_ff=16,
+                            mask_token_id=7, eot_token_id=6)
+    training_cfg = TrainingConfig(batch_size=1, max_train_iteration=1, mask_rate_floor=0.2,
+                                  loss_weighting="masked_mean")
+    objective = build_objective(model_cfg, training_cfg)
+    assert (objective.mask_rate_floor, objective.weighting) == (0.2, "masked_mean")

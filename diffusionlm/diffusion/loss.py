@@ -7,6 +7,17 @@ The diffusion loss is the Monte-Carlo estimate of the negative ELBO bound of LLa
 Because every token is masked with probability p_mask, E[1{masked} / p_mask] = 1 and the
 estimate is unbiased for the average per-token cross-entropy integrated over noise levels.
 
+`weighting = "masked_mean"` replaces 1 / (p_mask * L) by 1 / (number of masked tokens in the
+row): the self-normalised form of the same integral. With t ~ U(0, 1) the masked count is
+uniform on {0, ..., L}, so the row average is LLaDA's discrete-time form of the bound
+(eq. 6: the mean cross-entropy of l masked tokens, l uniform), up to the empty row's 1/(L+1).
+A row with few masked tokens then weighs as much as any other instead of carrying a 1/p_mask
+factor that can reach 1/eps, which lowers the variance of the gradient.
+
+`mask_rate_floor` draws t from U[floor, 1) instead of U[0, 1): training leaves out the lowest
+masking rates, whose rows carry the fewest masked tokens. It changes what is trained, not how
+a model is scored: evaluation (`diffusionlm.diffusion.elbo`) integrates over the full range.
+
 Only the masked positions go through the LM head: the unmasked ones carry no loss, and the
 (tokens x vocab) logits are the largest activation of the model, so materialising them for
 every position would waste most of the head's FLOPs and memory. The cross-entropy is computed
@@ -21,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config.schemas import LossWeighting
 from diffusionlm.diffusion.forward_process import apply_mask, mask_probability, random_truncate, sample_times
 
 
@@ -54,25 +66,33 @@ def masked_token_cross_entropy(model: nn.Module, x0: torch.Tensor, noisy: torch.
 
 
 def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor,
-                      p_mask: torch.Tensor, *, answer_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                      p_mask: torch.Tensor, *, answer_lengths: torch.Tensor | None = None,
+                      weighting: LossWeighting = "elbo") -> torch.Tensor:
     """The estimator for one fixed noise draw (deterministic given its inputs).
 
     x0, noisy, is_masked: (B, L); p_mask: (B,) per sequence or broadcastable to (B, L).
-    Pre-training (answer_lengths None): sum over masked tokens of CE / p_mask, divided by B * L.
-    SFT (answer_lengths (B,)): each sequence's sum is divided by its own answer length
-    (LLaDA's SFT objective, Sec. 2.3), then averaged over the batch, so long and short
-    answers weigh the same per token of their own. An empty answer counts as length 1.
+    weighting "elbo", pre-training (answer_lengths None): sum over masked tokens of CE / p_mask,
+    divided by B * L. SFT (answer_lengths (B,)): each sequence's sum is divided by its own answer
+    length instead of L (LLaDA's SFT objective, Sec. 2.3), then averaged over the batch, so long
+    and short answers weigh the same per token of their own. An empty answer counts as length 1.
+    weighting "masked_mean": each sequence's masked cross-entropies are averaged (prompt tokens
+    are never masked, so in SFT this is the mean over masked answer tokens), then averaged over
+    the batch; a row with nothing masked contributes 0.
 
     With no masked token at all the result is an exact 0 that still backpropagates (zero
     gradients), so gradient accumulation and DDP see every parameter every step.
     """
     batch_size, length = x0.shape
-    p_mask = p_mask[:, None] if p_mask.ndim == 1 else p_mask
-    if answer_lengths is None:
-        per_sequence_norm = torch.full((batch_size, 1), float(length), device=x0.device)
+    if weighting == "masked_mean":
+        row_normaliser = is_masked.sum(dim=1, keepdim=True).clamp(min=1).float()
     else:
-        per_sequence_norm = answer_lengths.to(device=x0.device, dtype=torch.float32).clamp(min=1)[:, None]
-    token_weight = 1.0 / (p_mask * per_sequence_norm).expand(batch_size, length)
+        p_mask = p_mask[:, None] if p_mask.ndim == 1 else p_mask
+        if answer_lengths is None:
+            per_sequence_norm = torch.full((batch_size, 1), float(length), device=x0.device)
+        else:
+            per_sequence_norm = answer_lengths.to(device=x0.device, dtype=torch.float32).clamp(min=1)[:, None]
+        row_normaliser = p_mask * per_sequence_norm
+    token_weight = (1.0 / row_normaliser).expand(batch_size, length)
 
     token_ce, masked = masked_token_cross_entropy(model, x0, noisy, is_masked)
     return (token_ce * token_weight[masked]).sum() / batch_size
@@ -80,10 +100,12 @@ def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, i
 
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, noise_epsilon: float,
                    random_trunc_prob: float = 0.0, antithetic: bool = False,
+                   mask_rate_floor: float = 0.0, weighting: LossWeighting = "elbo",
                    prompt_lengths: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> DiffusionLoss:
     """Noise a clean batch x0 (B, L) with a fresh draw and return the masked-diffusion loss.
 
+    mask_rate_floor and weighting: see the module docstring (the defaults are LLaDA's estimator).
     prompt_lengths: (B,) ints for SFT. The first prompt_lengths[b] tokens of row b are the
     prompt: never masked, no loss, and the row's loss is normalised by its answer length.
     Random truncation is a pre-training trick and would cut answers away, so it cannot be
@@ -94,6 +116,8 @@ def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, no
     x0 = random_truncate(x0, random_trunc_prob, generator)
     batch_size, length = x0.shape
     t = sample_times(batch_size, antithetic=antithetic, generator=generator, device=x0.device)
+    if mask_rate_floor > 0:
+        t = mask_rate_floor + (1.0 - mask_rate_floor) * t
     p_mask = mask_probability(t, noise_epsilon)
 
     protected = answer_lengths = None
@@ -103,7 +127,7 @@ def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, no
         answer_lengths = length - prompt_lengths
     noisy, is_masked = apply_mask(x0, p_mask, mask_token_id, generator=generator, protected=protected)
 
-    loss = masked_token_loss(model, x0, noisy, is_masked, p_mask, answer_lengths=answer_lengths)
+    loss = masked_token_loss(model, x0, noisy, is_masked, p_mask, answer_lengths=answer_lengths, weighting=weighting)
     num_masked = is_masked.sum()
     num_tokens = batch_size * length
     return DiffusionLoss(loss=loss, mask_ratio=num_masked.float() / num_tokens,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from config.schemas import ModelConfig, TrainingConfig
+from config.schemas import LossWeighting, ModelConfig, TrainingConfig
 from diffusionlm.data.sft import SFTBatch
 from diffusionlm.diffusion.loss import autoregressive_loss, diffusion_loss
 
@@ -32,6 +32,8 @@ class DiffusionObjective:
     noise_epsilon: float
     random_trunc_prob: float
     antithetic: bool
+    mask_rate_floor: float
+    weighting: LossWeighting
 
     def __call__(self, model: nn.Module, x0: torch.Tensor | SFTBatch,
                  generator: torch.Generator | None) -> ObjectiveOutput:
@@ -41,6 +43,7 @@ class DiffusionObjective:
             x0, prompt_lengths = x0.ids, x0.prompt_lengths
         out = diffusion_loss(model, x0, mask_token_id=self.mask_token_id, noise_epsilon=self.noise_epsilon,
                              random_trunc_prob=self.random_trunc_prob, antithetic=self.antithetic,
+                             mask_rate_floor=self.mask_rate_floor, weighting=self.weighting,
                              prompt_lengths=prompt_lengths, generator=generator)
         return ObjectiveOutput(out.loss, out.mask_ratio)
 
@@ -61,4 +64,5 @@ def build_objective(model_cfg: ModelConfig, training_cfg: TrainingConfig) -> Obj
         return AutoregressiveObjective()
     return DiffusionObjective(mask_token_id=model_cfg.mask_token_id, noise_epsilon=training_cfg.noise_epsilon,
                               random_trunc_prob=training_cfg.random_trunc_prob,
-                              antithetic=training_cfg.antithetic_time)
+                              antithetic=training_cfg.antithetic_time, mask_rate_floor=training_cfg.mask_rate_floor,
+                              weighting=training_cfg.loss_weighting)

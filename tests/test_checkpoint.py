@@ -46,7 +46,7 @@ def test_checkpoint_loads_with_weights_only_including_rng_and_loader_state(finis
     checkpoint = torch.load(list_checkpoints(run_dir)[-1], weights_only=True)
     assert checkpoint["step"] == 12 and checkpoint["scheduler_step"] == 12
     assert isinstance(checkpoint["rng"]["numpy"]["keys"], list)
-    assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda", "noise"}
+    assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda", "noise", "noise_device"}
     assert checkpoint["data"][0]["rows_consumed"] > 0
     assert set(checkpoint["optimizer"]) == {0}
     assert checkpoint["config"]["model"]["d_model"] == 32
@@ -242,7 +242,8 @@ def test_resume_restores_numpy_and_python_random_streams(finished_run, tmp_path)
     trainer.train_batches.close()
     saved = load_checkpoint(list_checkpoints(run_dir)[0])["rng"]
     assert np.random.get_state()[1].tolist() == saved["numpy"]["keys"]
-    assert torch.equal(trainer.noise_generator.get_state(), saved["noise"])
+    assert torch.equal(trainer.noise_generator.host.get_state(), saved["noise"])
+    assert torch.equal(trainer.noise_generator.device.get_state(), saved["noise_device"])
     assert trainer.state.iteration == 8
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from config.schemas import OptimizerConfig
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.training.clipping import clip_grad_norm_
 from diffusionlm.training.grad_sync import GradSync
 from diffusionlm.training.metrics import ActivationNorms, weight_norms
@@ -86,7 +87,7 @@ class StepResult:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
-               objective: Objective, noise_generator: torch.Generator | None, grad_sync: GradSync,
+               objective: Objective, noise_generator: NoiseGenerators | torch.Generator | None, grad_sync: GradSync,
                settings: StepSettings, schedule_step: int) -> StepResult:
     """Accumulate gradients over `grad_accum_steps` batches, clip, and step unless non-finite.
 
@@ -197,7 +198,7 @@ def _log_events(logger: Logger, events: dict[str, str], step: int) -> None:
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
-               objective: Objective, noise_generator: torch.Generator | None, grad_sync: GradSync,
+               objective: Objective, noise_generator: NoiseGenerators | torch.Generator | None, grad_sync: GradSync,
                settings: StepSettings, validator: Validator | None, logger: Logger, hooks: LoopHooks,
                state: LoopState, max_iteration: int, log_every: int, val_every: int, save_every: int,
                nan_policy: str, log_activation_norms: bool = False, log_weight_norms: bool = False,

@@ -24,7 +24,9 @@ import torch
 
 from config.io import write_config
 from config.train import TrainConfig
+from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from diffusionlm.data.batches import Batches, build_batches
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.errors import InputError
 from diffusionlm.inference.predictor import StoredWeights, load_weights, read_weights
 from diffusionlm.models.transformer import TransformerLM
@@ -57,7 +59,6 @@ from diffusionlm.utils.run_layout import (
     run_dir_of,
 )
 from diffusionlm.utils.threads import apply_num_threads
-from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from logger import Logger, build_logger
 from profiling import nvtx
 from profiling.trace import StepProfiler
@@ -75,7 +76,7 @@ class Trainer:
     train_batches: Batches
     validator: Validator | None
     objective: Objective
-    noise_generator: torch.Generator
+    noise_generator: NoiseGenerators
     logger: Logger
     checkpointer: Checkpointer
     state: LoopState = field(default_factory=LoopState)
@@ -121,15 +122,12 @@ def count_parameters(config: TrainConfig) -> tuple[int, int]:
     return model.num_parameters(), model.num_parameters(exclude_embedding=True)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return the CPU generator that draws the diffusion noise.
-
-    Noise is drawn on the CPU whatever the device, so a seed means the same masks on any machine.
-    """
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (model initialisation); the diffusion
+    noise has its own `NoiseGenerators`, saved in every checkpoint."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
@@ -199,10 +197,11 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
         finally:
             val_batches.close()
 
-    noise_generator = seed_everything(training.seed)  # the same model initialisation on every rank
+    seed_everything(training.seed)  # the same model initialisation on every rank
     model = TransformerLM(config.model).to(device)
+    noise_generator = NoiseGenerators.seeded(rank_seed(training.seed, rank), device)  # but this rank's own noise
     if rank:
-        noise_generator = seed_everything(rank_seed(training.seed, rank))  # but this rank's own noise
+        seed_everything(rank_seed(training.seed, rank))  # and its own global streams from here on
     if init_weights is not None:
         load_weights(model, init_weights.state, init_weights.source.weights, init_weights.config)
     if checkpoint is not None:

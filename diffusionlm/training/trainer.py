@@ -183,7 +183,7 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
     batch_settings = {"context_length": config.model.context_length, "batch_size": training.batch_size,
                       "rank": rank, "world_size": world_size, "seed": training.seed}
     train_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.train_split,
-                                  loop=True, **batch_settings)
+                                  loop=True, pin_memory=device.type == "cuda", **batch_settings)
     validator = None
     if not training.skip_validation:
         val_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.val_split,
@@ -302,7 +302,8 @@ def run_training(trainer: Trainer) -> TrainResult:
     settings = StepSettings(device=trainer.device, grad_accum_steps=training.grad_accum_steps,
                             optimizer_cfg=config.optimizer,
                             autocast=lambda: autocast_context(trainer.device, training.dtype),
-                            clip_grad_norm=trainer.parallel.clip_grad_norm, global_mean=all_reduce_mean)
+                            clip_grad_norm=trainer.parallel.clip_grad_norm, global_mean=all_reduce_mean,
+                            nan_policy=training.nan_policy)
     batches = trainer.train_batches
     trainer.logger.log(_provenance_record(batches.provenance()) | {"params.num_threads": torch.get_num_threads()},
                        step=trainer.state.iteration)
@@ -321,7 +322,7 @@ def run_training(trainer: Trainer) -> TrainResult:
                             at_step=profiler.at_step if profiler is not None else lambda iteration: {}),
             state=trainer.state, max_iteration=training.max_train_iteration, log_every=config.logging.log_every,
             val_every=training.val_freq_iteration, save_every=training.ckpting_save_iter,
-            nan_policy=training.nan_policy, log_activation_norms=config.logging.log_activation_norms,
+            log_activation_norms=config.logging.log_activation_norms,
             log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size,
             flops=flops)
         export_dir = sample = None

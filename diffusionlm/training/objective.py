@@ -50,7 +50,8 @@ class DiffusionObjective:
 class AutoregressiveObjective:
     """Next-token cross-entropy for `[model].causal = true` (draws no noise)."""
 
-    def __call__(self, model: nn.Module, x0: torch.Tensor, generator: NoiseGenerators | torch.Generator | None) -> ObjectiveOutput:
+    def __call__(self, model: nn.Module, x0: torch.Tensor,
+                 generator: NoiseGenerators | torch.Generator | None) -> ObjectiveOutput:
         return ObjectiveOutput(autoregressive_loss(model, x0), None)
 
 

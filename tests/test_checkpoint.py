@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from test_train_fixtures import tiny_config, write_tiny_toml
 
 from cli.train import main as train_main
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.errors import InputError
+from diffusionlm.training.rng import capture_rng_state, restore_rng_state
 from diffusionlm.training.trainer import build_trainer, run_training
 from diffusionlm.utils.checkpoint import (
     load_checkpoint,
@@ -245,6 +247,14 @@ def test_resume_restores_numpy_and_python_random_streams(finished_run, tmp_path)
     assert torch.equal(trainer.noise_generator.host.get_state(), saved["noise"])
     assert torch.equal(trainer.noise_generator.device.get_state(), saved["noise_device"])
     assert trainer.state.iteration == 8
+
+
+def test_noise_state_from_another_device_type_is_a_clear_error():
+    noise = NoiseGenerators.seeded(0, torch.device("cpu"))
+    state = capture_rng_state(noise)
+    state["noise_device"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA (Philox) generator's state
+    with pytest.raises(InputError, match="another device type"):
+        restore_rng_state(state, noise)
 
 
 def test_resume_keeps_the_optimizer_state_but_uses_the_new_optimizer_settings(finished_run):

@@ -97,7 +97,8 @@ class StepResult:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
                objective: Objective, noise_generator: NoiseGenerators | torch.Generator | None, grad_sync: GradSync,
                settings: StepSettings, schedule_step: int) -> StepResult:
-    """Accumulate gradients over `grad_accum_steps` batches, clip, and step unless non-finite.
+    """Accumulate gradients over `grad_accum_steps` batches, clip, and step (under nan_policy
+    "skip", only if the loss and gradient norm are finite).
 
     Micro-step losses are divided by grad_accum_steps so the accumulated gradient is the mean;
     the returned loss and mask ratio are means over micro-steps and ranks.
@@ -205,20 +206,22 @@ class _NonFiniteWatch:
     and read by `check` only where the loop reads the device anyway."""
 
     def __init__(self, device: torch.device) -> None:
-        self.first = torch.full((3,), -1.0, dtype=torch.float64, device=device)  # iteration, loss, grad norm
+        self.iteration = torch.full((), -1, dtype=torch.long, device=device)  # -1: every step so far was finite
+        self.values = torch.zeros(2, device=device)  # that step's loss and gradient norm
 
     def record(self, result: StepResult, iteration: int) -> None:
-        at = torch.full((), float(iteration), dtype=torch.float64, device=self.first.device)  # a fill, not a copy
-        step = torch.stack([at, result.loss.double(), result.grad_norm.double()])
-        self.first = torch.where((self.first[0] < 0) & ~result.finite, step, self.first)
+        first = (self.iteration < 0) & ~result.finite
+        self.iteration = torch.where(first, iteration, self.iteration)
+        self.values = torch.where(first, torch.stack([result.loss.float(), result.grad_norm.float()]), self.values)
 
     def check(self, hooks: LoopHooks, now: int) -> None:
-        iteration, loss, grad_norm = self.first.tolist()
+        iteration = int(self.iteration)
         if iteration < 0:
             return
+        loss, grad_norm = self.values.tolist()
         saved = hooks.last_checkpoint()
         raise NonFiniteLossError(
-            f"non-finite loss or gradient at iteration {int(iteration)} (loss={loss}, grad_l2_norm={grad_norm}; "
+            f"non-finite loss or gradient at iteration {iteration} (loss={loss}, grad_l2_norm={grad_norm}; "
             f"seen at iteration {now}); stopped without saving. "
             + (f"Last good checkpoint: {saved}. " if saved else "No checkpoint was written. ")
             + 'Lower the learning rate or set training.nan_policy = "skip".')

@@ -3,8 +3,9 @@
 Both sides train the same shapes with the same masked-diffusion objective and the same
 optimizer settings (AdamW, lr 3e-4, betas (0.9, 0.999), weight decay 0.01 on every
 parameter, eps 1e-8, clipping at 1.0), in one process on one device. Ours runs through
-`loop.train_step`, the function the trainer calls. The variants alternate in rounds, so a
-burst of background load slows both rather than one.
+`loop.train_step`, the function the trainer calls; `compile = true` adds our whole-model
+compile (`training.compile = "model"`) and the reference under `torch.compile`. The variants
+alternate in rounds, so a burst of background load slows both rather than one.
 
 Reported per variant: median step time, tokens/s, peak memory (CUDA: peak allocated bytes;
 CPU: the process's peak resident set while the variant ran, reset through
@@ -27,13 +28,15 @@ from types import ModuleType
 import torch
 
 from config.bench_train import BenchTrainConfig
-from config.schemas import AUTOCAST_PRECISION, NOISE_EPSILON, ModelConfig, OptimizerConfig
+from config.schemas import AUTOCAST_PRECISION, NOISE_EPSILON, CompileMode, ModelConfig, OptimizerConfig
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.errors import InputError
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.training.grad_sync import LocalGradSync
 from diffusionlm.training.loop import StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective
 from diffusionlm.training.optim import build_optimizer
+from diffusionlm.training.parallelize import compile_model
 from diffusionlm.training.throughput import mfu, model_flops_per_token, peak_flops
 from diffusionlm.utils.device import autocast_context, resolve_device
 from diffusionlm.utils.threads import apply_num_threads
@@ -104,12 +107,11 @@ def _reference_variant(name: str, ref: ModuleType, model: torch.nn.Module, x0: t
     return Variant(name, step)
 
 
-def _our_variant(name: str, model_cfg: ModelConfig, x0: torch.Tensor, device: torch.device, compile: bool) -> Variant:
+def _our_variant(name: str, model_cfg: ModelConfig, x0: torch.Tensor, device: torch.device,
+                 compile: CompileMode) -> Variant:
     torch.manual_seed(0)
     model = TransformerLM(model_cfg).to(device)
-    if compile:
-        for block in model.blocks:
-            block.compile()
+    compile_model(model, compile)
     optimizer_cfg = OptimizerConfig(optimizer_name="adamw", max_learning_rate=LEARNING_RATE,
                                     min_learning_rate=LEARNING_RATE, warmup_iters=0, cosine_cycle_iters=1,
                                     decay_norms_and_embeddings=True, grad_clip_max_l2_norm=CLIP_NORM,
@@ -119,7 +121,7 @@ def _our_variant(name: str, model_cfg: ModelConfig, x0: torch.Tensor, device: to
                                    random_trunc_prob=0.0, antithetic=False, mask_rate_floor=0.0, weighting="elbo")
     settings = StepSettings(device=device, grad_accum_steps=1, optimizer_cfg=optimizer_cfg,
                             autocast=lambda: autocast_context(device, AUTOCAST_PRECISION))
-    generator = torch.Generator().manual_seed(0)
+    generator = NoiseGenerators.seeded(0, device)
     grad_sync = LocalGradSync()
 
     def step() -> None:
@@ -145,10 +147,10 @@ def run_bench_train(config: BenchTrainConfig) -> list[dict]:
     torch.manual_seed(0)
     ref_model = ref.Model(V, d, L, h, T).to(device)
     variants = [_reference_variant("reference eager", ref, ref_model, x0, V - 1, cuda, ref_model),
-                _our_variant("ours eager", model_cfg, x0, device, compile=False)]
+                _our_variant("ours eager", model_cfg, x0, device, compile="off")]
     if config.compile:
         variants += [_reference_variant("reference compiled", ref, ref_model, x0, V - 1, cuda, torch.compile(ref_model)),
-                     _our_variant("ours compiled", model_cfg, x0, device, compile=True)]
+                     _our_variant("ours compiled", model_cfg, x0, device, compile="model")]
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     memory = _PeakMemory(device)

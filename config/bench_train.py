@@ -22,7 +22,7 @@ class BenchTrainConfig(BaseModel):
     reference_path: Path = Path("../shared/reference/ref_bench.py")
     preset: Literal["auto", "cpu-small", "gpt2-small"] = "auto"
     device: Device = "auto"
-    compile: bool = False
+    compile: bool = Field(False, description="also time ours compiled (training.compile = \"model\") and the reference compiled")
     rounds: int = Field(6, gt=0, description="alternations of reference and ours")
     peak_tflops: float | None = Field(None, gt=0, description="device peak for MFU; unset: known CUDA devices only")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from config.special_tokens import DEFAULT_SPECIAL_TOKENS
 
@@ -32,6 +32,7 @@ NumThreads = Annotated[Annotated[int, Field(gt=0)] | None,
 AUTOCAST_PRECISION: Precision = "bfloat16"  # CUDA autocast dtype unless configured otherwise
 RemaskingStrategy = Literal["low_confidence", "random", "margin", "entropy"]
 KVCacheMode = Literal["none", "prefix", "dual"]
+CompileMode = Literal["off", "blocks", "model"]
 NOISE_EPSILON = 1e-3  # floor of the mask probability: p_mask = (1 - eps) * t + eps
 # How the diffusion loss weighs a sequence's masked tokens: "elbo" divides each by p_mask (the
 # ELBO's own Monte-Carlo weight), "masked_mean" averages them (the self-normalised estimator).
@@ -157,7 +158,8 @@ class TrainingConfig(Section):
 
     device: Device = "auto"
     dtype: Precision = Field(AUTOCAST_PRECISION, description="autocast dtype on CUDA; CPU runs fp32")
-    compile: bool = False
+    compile: CompileMode = Field(
+        "off", description='"off", "blocks" (each Transformer block) or "model" (the whole forward, one graph)')
     num_threads: NumThreads = None
     seed: int = 0
     batch_size: int = Field(gt=0)
@@ -178,6 +180,15 @@ class TrainingConfig(Section):
     sample_at_end: bool = Field(True, description="print a short sample from the final model")
     init_from: Path | None = Field(
         None, description="fine-tune: start from these weights (run directory, checkpoint .pt or export/)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, value: object) -> object:
+        """Configs and run directories written before the modes existed say `compile = true/false`;
+        true meant compiling each block."""
+        if isinstance(value, bool):
+            return "blocks" if value else "off"
+        return value
 
 
 # `[data].dataset_name` for a token file written by diffusionlm-make-data (`data_files` names the .dat files).

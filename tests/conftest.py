@@ -1,4 +1,4 @@
-"""Shared test fixtures: the optional ../shared/data folder, a folder no one may write in,
+"""Shared test fixtures: the optional ../shared/data folder, one torch thread, a folder no one may write in,
 loopback networking for multi-process tests, and GPU skipping."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -27,6 +28,15 @@ def _can_create_files_in(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test (tiny models run fastest so, and the suite shares the machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -203,7 +203,7 @@ def trainer_worker(rank: int, world_size: int, port: int, runs_path: str, config
                                              "training": config.training.model_copy(update={"skip_validation": True})})
     probe = build_trainer(probe_config, rank=rank, world_size=world_size)
     observed = gather_to_rank_zero({"batch": next(probe.train_batches),
-                                    "noise": torch.rand(16, generator=probe.noise_generator)})
+                                    "noise": torch.rand(16, generator=probe.noise_generator.host)})
     probe.train_batches.close()
     if rank == 0:
         torch.save(observed, runs / "streams.pt")

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from test_train_fixtures import tiny_config, write_tiny_toml
 
 from cli.train import main as train_main
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.errors import InputError
+from diffusionlm.training.rng import capture_rng_state, restore_rng_state
 from diffusionlm.training.trainer import build_trainer, run_training
 from diffusionlm.utils.checkpoint import (
     load_checkpoint,
@@ -46,7 +48,7 @@ def test_checkpoint_loads_with_weights_only_including_rng_and_loader_state(finis
     checkpoint = torch.load(list_checkpoints(run_dir)[-1], weights_only=True)
     assert checkpoint["step"] == 12 and checkpoint["scheduler_step"] == 12
     assert isinstance(checkpoint["rng"]["numpy"]["keys"], list)
-    assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda", "noise"}
+    assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda", "noise", "noise_device"}
     assert checkpoint["data"][0]["rows_consumed"] > 0
     assert set(checkpoint["optimizer"]) == {0}
     assert checkpoint["config"]["model"]["d_model"] == 32
@@ -242,8 +244,17 @@ def test_resume_restores_numpy_and_python_random_streams(finished_run, tmp_path)
     trainer.train_batches.close()
     saved = load_checkpoint(list_checkpoints(run_dir)[0])["rng"]
     assert np.random.get_state()[1].tolist() == saved["numpy"]["keys"]
-    assert torch.equal(trainer.noise_generator.get_state(), saved["noise"])
+    assert torch.equal(trainer.noise_generator.host.get_state(), saved["noise"])
+    assert torch.equal(trainer.noise_generator.device.get_state(), saved["noise_device"])
     assert trainer.state.iteration == 8
+
+
+def test_noise_state_from_another_device_type_is_a_clear_error():
+    noise = NoiseGenerators.seeded(0, torch.device("cpu"))
+    state = capture_rng_state(noise)
+    state["noise_device"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA (Philox) generator's state
+    with pytest.raises(InputError, match="another device type"):
+        restore_rng_state(state, noise)
 
 
 def test_resume_keeps_the_optimizer_state_but_uses_the_new_optimizer_settings(finished_run):

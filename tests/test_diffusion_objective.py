@@ -19,6 +19,9 @@ from diffusionlm.diffusion import (
     random_truncate,
     sample_times,
 )
+from diffusionlm.diffusion.forward_process import NoiseGenerators, draw_training_masks
+from diffusionlm.diffusion.loss import HEAD_ROWS_MULTIPLE, head_positions
+from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.training.objective import build_objective
 
 torch.set_num_threads(1)
@@ -123,7 +126,8 @@ def test_sft_diffusion_loss_never_masks_the_prompt():
     first = (_ce(TABLE[1], 1) + _ce(TABLE[2], 2) + _ce(TABLE[3], 0)) / 3
     second = (_ce(TABLE[2], 1) + _ce(TABLE[3], 0)) / 2
     assert result.loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
-    assert model.lm_head.rows_seen == [5] and result.num_masked.item() == 5
+    assert result.num_masked.item() == 5
+    assert model.lm_head.rows_seen == [8]  # the 5 masked rows, padded to the head's capacity (a multiple of 8)
 
 
 def test_sft_rejects_random_truncation():
@@ -132,12 +136,13 @@ def test_sft_rejects_random_truncation():
                        prompt_lengths=torch.tensor([1, 1]))
 
 
-def test_only_masked_positions_reach_the_head():
+def test_only_masked_positions_padded_to_a_multiple_of_eight_reach_the_head():
     model = PositionLogitsLM(torch.zeros(16, 5))
     x0 = torch.randint(0, 4, (8, 16), generator=torch.Generator().manual_seed(0))
     result = diffusion_loss(model, x0, mask_token_id=4, noise_epsilon=1e-3, generator=torch.Generator().manual_seed(1))
-    assert model.lm_head.rows_seen == [result.num_masked.item()]
-    assert 0 < result.num_masked.item() < x0.numel()
+    num_masked = result.num_masked.item()
+    assert model.lm_head.rows_seen == [-(-num_masked // HEAD_ROWS_MULTIPLE) * HEAD_ROWS_MULTIPLE]
+    assert 0 < num_masked < x0.numel()
     assert result.mask_ratio.item() == pytest.approx(result.num_masked.item() / x0.numel())
     assert result.num_tokens == x0.numel()
 
@@ -328,3 +333,66 @@ def test_training_config_reaches_the_objective():
                                   loss_weighting="masked_mean")
     objective = build_objective(model_cfg, training_cfg)
     assert (objective.mask_rate_floor, objective.weighting) == (0.2, "masked_mean")
+
+
+def test_head_positions_list_every_masked_position_first_then_padding():
+    is_masked = torch.tensor([[False, True, True], [True, False, False], [False, False, True]])
+    rows, cols = head_positions(is_masked, num_masked=4)
+    assert len(rows) == HEAD_ROWS_MULTIPLE  # 4 rounded up, within B * L = 9
+    assert list(zip(rows[:4].tolist(), cols[:4].tolist())) == [(0, 1), (0, 2), (1, 0), (2, 2)]
+    assert not is_masked[rows[4:], cols[4:]].any()
+
+
+def test_head_capacity_never_exceeds_the_batch():
+    rows, _ = head_positions(torch.ones(1, 3, dtype=torch.bool), num_masked=3)
+    assert len(rows) == 3
+
+
+def _tiny_lm():
+    torch.manual_seed(0)
+    return TransformerLM(ModelConfig(vocab_size=11, context_length=12, d_model=16, num_layers=1, num_heads=2, d_ff=32,
+                                     mask_token_id=10, eot_token_id=9))
+
+
+def test_fixed_capacity_loss_and_gradients_equal_the_full_head_computation():
+    model = _tiny_lm()
+    x0 = torch.randint(0, 9, (3, 12), generator=torch.Generator().manual_seed(0))
+    is_masked = torch.rand(3, 12, generator=torch.Generator().manual_seed(1)) < 0.4
+    p_mask = torch.tensor([0.3, 0.5, 0.6])
+    noisy = torch.where(is_masked, 10, x0)
+
+    loss = masked_token_loss(model, x0, noisy, is_masked, p_mask, num_masked=int(is_masked.sum()))
+    fast = torch.autograd.grad(loss, list(model.parameters()))
+    full_ce = torch.nn.functional.cross_entropy(model(noisy).flatten(0, 1), x0.flatten(), reduction="none").view(3, 12)
+    plain = (full_ce / p_mask[:, None] * is_masked).sum() / x0.numel()
+    reference = torch.autograd.grad(plain, list(model.parameters()))
+    torch.testing.assert_close(loss, plain, rtol=1e-5, atol=1e-6)
+    for got, want in zip(fast, reference):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_training_masks_hit_each_row_rate_and_know_their_count_on_the_host():
+    x0 = torch.zeros(2, 20_000, dtype=torch.long)
+    draw = draw_training_masks(x0, torch.tensor([0.2, 0.7]), 0.0, 9,
+                               generators=NoiseGenerators.of(torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(draw.is_masked.float().mean(-1), torch.tensor([0.2, 0.7]), atol=0.015, rtol=0)
+    assert draw.num_masked == int(draw.is_masked.sum())
+    assert (draw.noisy[draw.is_masked] == 9).all() and (draw.noisy[~draw.is_masked] == 0).all()
+
+
+def test_training_masks_never_touch_the_prompt():
+    x0 = torch.zeros(3, 10, dtype=torch.long)
+    prompt_lengths = torch.tensor([2, 5, 0])
+    draw = draw_training_masks(x0, torch.ones(3), 0.0, 9, generators=NoiseGenerators.of(None),
+                               prompt_lengths=prompt_lengths)
+    assert torch.equal(draw.is_masked, torch.arange(10)[None, :] >= prompt_lengths[:, None])
+
+
+def test_masked_count_per_row_is_binomial():
+    # Independent masking gives Var(count) = L p (1 - p); a fixed count per t would give 0.
+    x0 = torch.zeros(4000, 50, dtype=torch.long)
+    draw = draw_training_masks(x0, torch.full((4000,), 0.3), 0.0, 9,
+                               generators=NoiseGenerators.of(torch.Generator().manual_seed(3)))
+    counts = draw.is_masked.sum(-1).double()
+    assert counts.mean().item() == pytest.approx(15.0, abs=0.15)
+    assert counts.var().item() == pytest.approx(50 * 0.3 * 0.7, rel=0.08)

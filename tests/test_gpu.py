@@ -1,16 +1,24 @@
-"""CUDA paths: bf16 autocast training with fp32 master weights, and CUDA matching the CPU.
+"""CUDA paths: bf16 autocast training with fp32 master weights, CUDA matching the CPU, and a
+training step that never waits for the device.
 
 Marked `gpu`: skipped on machines without CUDA (every CPU-only CI run)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from test_train_fixtures import tiny_config
 
-from config.schemas import ModelConfig
+from config.schemas import ModelConfig, OptimizerConfig
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.inference.generate import generate
 from diffusionlm.models.transformer import TransformerLM
+from diffusionlm.training.grad_sync import LocalGradSync
+from diffusionlm.training.loop import StepSettings, train_step
+from diffusionlm.training.objective import DiffusionObjective
+from diffusionlm.training.optim import build_optimizer
 from diffusionlm.training.trainer import build_trainer, run_training
 
 pytestmark = pytest.mark.gpu
@@ -58,3 +66,29 @@ def test_cuda_graph_decode_steps_give_the_eager_tokens_at_batch_1(kv_cache):
     for _ in range(3):  # the first calls warm up and capture; the later ones replay the graphs
         graphed = generate(model, prompt, compile=True, **kwargs)
         assert torch.equal(graphed.tokens, eager.tokens) and graphed.nfe == eager.nfe
+
+
+def test_a_training_step_makes_no_host_sync_on_cuda():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, context_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=64,
+                         mask_token_id=63, eot_token_id=62)
+    device = torch.device("cuda")
+    model = TransformerLM(config).to(device)
+    optimizer_cfg = OptimizerConfig()
+    optimizer = build_optimizer(model, optimizer_cfg)
+    batch = torch.randint(0, 62, (4, 32)).pin_memory()
+    settings = StepSettings(device=device, grad_accum_steps=2, optimizer_cfg=optimizer_cfg,
+                            autocast=contextlib.nullcontext)
+    objective = DiffusionObjective(mask_token_id=63, noise_epsilon=1e-3, random_trunc_prob=0.0, antithetic=True)
+    noise = NoiseGenerators.seeded(0, device)
+
+    def step(schedule_step: int) -> None:
+        train_step(model, optimizer, lambda: batch, objective=objective, noise_generator=noise,
+                   grad_sync=LocalGradSync(), settings=settings, schedule_step=schedule_step)
+
+    step(0)  # first step: lazy optimizer state, allocator warm-up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -13,25 +13,20 @@ from config.schemas import ModelConfig, OptimizerConfig
 from diffusionlm.diffusion.forward_process import apply_mask
 from diffusionlm.diffusion.loss import masked_token_loss
 from diffusionlm.models.transformer import TransformerLM
-from diffusionlm.utils.run_layout import list_checkpoints
 from diffusionlm.training.grad_sync import LocalGradSync
 from diffusionlm.training.loop import NonFiniteLossError, StepSettings, train_step
 from diffusionlm.training.objective import DiffusionObjective
 from diffusionlm.training.optim import build_optimizer
 from diffusionlm.training.trainer import build_trainer, run_training
 from diffusionlm.training.validation import Validator
+from diffusionlm.utils.run_layout import list_checkpoints
 
 SPEC_KEYS = ("metrics.loss", "metrics.loss_avg", "metrics.lr", "metrics.grad_l2_norm", "metrics.tokens_per_s", "metrics.mask_ratio",
              "metrics.data_wait_frac")
 VAL_KEYS = ("metrics.val_loss", "metrics.val_elbo_ppl", "metrics.val_bpb")
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _metric_lines(text: str) -> list[dict]:
@@ -204,6 +199,16 @@ def test_non_finite_loss_stops_without_writing_a_checkpoint(tmp_path):
     trainer = build_trainer(tiny_config(tmp_path, training={"nan_policy": "stop", "skip_validation": True}))
     _poison(trainer)
     with pytest.raises(NonFiniteLossError, match="nan_policy"):
+        run_training(trainer)
+    assert list_checkpoints(tmp_path / "tiny") == []
+
+
+def test_non_finite_step_is_caught_before_a_checkpoint_even_between_log_steps(tmp_path):
+    # The finiteness check stays on the device until the loop reads it: here first at the save.
+    trainer = build_trainer(tiny_config(tmp_path, training={"nan_policy": "stop", "skip_validation": True},
+                                        logging={"log_every": 100}))
+    _poison(trainer)
+    with pytest.raises(NonFiniteLossError, match=r"at iteration 1 \(loss=nan.*seen at iteration 4.*No checkpoint"):
         run_training(trainer)
     assert list_checkpoints(tmp_path / "tiny") == []
 

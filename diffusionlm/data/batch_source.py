@@ -18,7 +18,7 @@ class BatchSource:
     """Base of the batch sources: settings, `iter()`, and tokens/s spent inside `__next__`."""
 
     def __init__(self, data_config: DataConfig, *, split: str, context_length: int, batch_size: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, loop: bool = True) -> None:
+                 world_size: int = 1, seed: int = 0, loop: bool = True, pin_memory: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if context_length <= 0 or batch_size <= 0:
@@ -31,6 +31,7 @@ class BatchSource:
         self.world_size = world_size
         self.seed = seed
         self.loop = loop
+        self.pin_memory = pin_memory
         self.order_seed = f"{data_config.shuffle_seed}.{seed}"
         self.epoch = 0
         self._exhausted = False  # a non-looping source that has run out
@@ -53,7 +54,11 @@ class BatchSource:
         self.epoch += 1
 
     def _counted(self, batch: torch.Tensor, started: float) -> torch.Tensor:
-        """Record a batch made since `started` (perf_counter) for the speed metric; returns it."""
+        """Record a batch made since `started` (perf_counter) for the speed metric; returns it,
+        in pinned memory when `pin_memory` (for CUDA: only a pinned batch's copy to the device
+        is truly asynchronous, so the step does not wait on it)."""
+        if self.pin_memory:
+            batch = batch.pin_memory()
         self._tokens_since_metrics += batch.numel()
         self._busy_s_since_metrics += time.perf_counter() - started
         return batch

@@ -44,10 +44,11 @@ class Batches(Protocol):
 
 
 def build_batches(config: DataConfig, tokenizer: Tokenizer, eot_token_id: int, *, split: str, context_length: int,
-                  batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, loop: bool = True) -> Batches:
-    """The batch source `config` describes, for `split` on this rank."""
+                  batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, loop: bool = True,
+                  pin_memory: bool = False) -> Batches:
+    """The batch source `config` describes, for `split` on this rank; `pin_memory` for a CUDA run."""
     settings = {"split": split, "context_length": context_length, "batch_size": batch_size, "rank": rank,
-                "world_size": world_size, "seed": seed, "loop": loop}
+                "world_size": world_size, "seed": seed, "loop": loop, "pin_memory": pin_memory}
     if config.dataset_name == MEMMAP_DATASET:
         path = Path(_split_file(config, split))
         token_file = open_token_file(path, tokenizer_fingerprint=tokenizer.fingerprint,

@@ -97,9 +97,10 @@ class MemmapBatches(BatchSource):
     """
 
     def __init__(self, data_config: DataConfig, token_file: TokenFile, *, split: str, context_length: int,
-                 batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, loop: bool = True) -> None:
+                 batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, loop: bool = True,
+                 pin_memory: bool = False) -> None:
         super().__init__(data_config, split=split, context_length=context_length, batch_size=batch_size, rank=rank,
-                         world_size=world_size, seed=seed, loop=loop)
+                         world_size=world_size, seed=seed, loop=loop, pin_memory=pin_memory)
         self.file = token_file
         self.shuffled = loop and data_config.memmap_windows == "random"
         self.windows_consumed = 0  # of this rank's windows in this epoch

@@ -32,8 +32,10 @@ from diffusionlm.errors import InputError
 class SFTBatch:
     """A batch of SFT rows: ids (B, L) and prompt_lengths (B,).
 
-    It offers what the training loop and validation use of a batch tensor (`to`, `numel`,
-    `shape`), so they move and count it like a plain batch of ids.
+    It offers what the training loop and validation use of a batch tensor (`to`,
+    `pin_memory`, `numel`, `shape`), so they move and count it like a plain batch of ids.
+    `to` moves the ids only: the prompt lengths stay on the host, where the objective decides
+    how many tokens of each row to mask without a device sync.
     """
 
     ids: torch.Tensor
@@ -44,8 +46,10 @@ class SFTBatch:
         return self.ids.shape
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SFTBatch:
-        return SFTBatch(self.ids.to(device, non_blocking=non_blocking),
-                        self.prompt_lengths.to(device, non_blocking=non_blocking))
+        return SFTBatch(self.ids.to(device, non_blocking=non_blocking), self.prompt_lengths)
+
+    def pin_memory(self) -> SFTBatch:
+        return SFTBatch(self.ids.pin_memory(), self.prompt_lengths)
 
     def numel(self) -> int:
         return self.ids.numel()

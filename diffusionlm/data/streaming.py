@@ -55,9 +55,9 @@ class StreamingBatches(BatchSource):
 
     def __init__(self, data_config: DataConfig, encode: Callable[[str], list[int]], eot_token_id: int, *,
                  split: str, context_length: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, loop: bool = True) -> None:
+                 seed: int = 0, loop: bool = True, pin_memory: bool = False) -> None:
         super().__init__(data_config, split=split, context_length=context_length, batch_size=batch_size, rank=rank,
-                         world_size=world_size, seed=seed, loop=loop)
+                         world_size=world_size, seed=seed, loop=loop, pin_memory=pin_memory)
         self.eot_token_id = eot_token_id
         self.source = open_source(data_config, split)
         self.is_sft = data_config.format == "sft"

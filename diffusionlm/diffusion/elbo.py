@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusionlm.diffusion.forward_process import apply_mask, mask_probability, sample_times
+from diffusionlm.diffusion.forward_process import apply_mask, mask_exact_count, mask_probability, sample_times
 from diffusionlm.diffusion.guidance import guide, mask_prompt
 from diffusionlm.diffusion.loss import masked_token_cross_entropy, next_token_cross_entropy
 
@@ -85,15 +85,6 @@ def elbo_nll(model: nn.Module, x0: torch.Tensor, *, mask_id: int, num_samples: i
     return _summarize(samples)
 
 
-def _mask_exact_count(shape: tuple[int, int], counts: torch.Tensor, generator: torch.Generator | None,
-                      device: torch.device) -> torch.Tensor:
-    """(b, L) bool with exactly counts[j] True entries in row j, at uniformly random positions."""
-    draw_device = generator.device if generator is not None else device
-    keys = torch.rand(shape, generator=generator, device=draw_device).to(device)
-    ranks = keys.argsort(dim=1).argsort(dim=1)
-    return ranks < counts[:, None]
-
-
 @torch.no_grad()
 def conditional_log_likelihood(model: nn.Module, prompt: torch.Tensor, answer: torch.Tensor, *, mask_id: int,
                                mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
@@ -118,7 +109,7 @@ def conditional_log_likelihood(model: nn.Module, prompt: torch.Tensor, answer: t
                                 device=device).round().long()
         counts = (counts - 1) % answer_length + 1
         is_masked = torch.zeros_like(sequence, dtype=torch.bool)
-        is_masked[:, prompt_length:] = _mask_exact_count((batch_size, answer_length), counts, generator, device)
+        is_masked[:, prompt_length:] = mask_exact_count((batch_size, answer_length), counts, generator, device)
         noisy = sequence.masked_fill(is_masked, mask_id)
         row_nll = _masked_answer_nll(model, sequence, noisy, is_masked, prompt_length, cfg_scale, mask_id)
         losses.append(row_nll * answer_length / counts.double())

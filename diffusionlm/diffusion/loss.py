@@ -20,8 +20,10 @@ a model is scored: evaluation (`diffusionlm.diffusion.elbo`) integrates over the
 
 Only the masked positions go through the LM head: the unmasked ones carry no loss, and the
 (tokens x vocab) logits are the largest activation of the model, so materialising them for
-every position would waste most of the head's FLOPs and memory. The cross-entropy is computed
-in float32 whatever the autocast dtype.
+every position would waste most of the head's FLOPs and memory. The rows are gathered at a
+fixed capacity (the masked count rounded up, see `head_positions`) rather than by
+`nonzero`, so a compiled model sees no data-dependent shape and training never waits for
+the device to count masks. The cross-entropy is computed in float32 whatever the autocast dtype.
 """
 
 from __future__ import annotations
@@ -33,7 +35,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from config.schemas import LossWeighting
-from diffusionlm.diffusion.forward_process import apply_mask, mask_probability, random_truncate, sample_times
+from diffusionlm.diffusion.forward_process import (
+    NoiseGenerators,
+    draw_training_masks,
+    host_to_device,
+    random_truncate,
+    sample_times,
+)
+
+# The LM head's row count is a multiple of this: tensor-core friendly, and it keeps 0 and 1
+# (which torch.compile specialises on) out of the shapes it sees.
+HEAD_ROWS_MULTIPLE = 8
 
 
 @dataclass
@@ -50,24 +62,44 @@ class DiffusionLoss:
     num_tokens: int
 
 
-def masked_token_cross_entropy(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor
+def head_positions(is_masked: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the positions to score: the masked ones in row-major order, then
+    unmasked padding positions up to a capacity of num_masked rounded up to HEAD_ROWS_MULTIPLE
+    (at most B * L).
+
+    A stable sort puts masked positions first; the capacity is an exact upper bound because
+    the caller knows num_masked, so no masked token is ever dropped.
+    """
+    length = is_masked.shape[1]
+    capacity = min(-(-max(num_masked, 1) // HEAD_ROWS_MULTIPLE) * HEAD_ROWS_MULTIPLE, is_masked.numel())
+    order = torch.argsort(~is_masked.flatten(), stable=True)[:capacity]
+    return order // length, order % length
+
+
+def masked_token_cross_entropy(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor,
+                               num_masked: int | None = None
                                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """float32 cross-entropy of each masked token of x0 given the noisy canvas, and the
-    (row, column) indices of those tokens.
+    """float32 cross-entropy of each scored position of x0 given the noisy canvas, and the
+    (row, column) indices of those positions (`head_positions`): the masked tokens, then
+    padding rows whose cross-entropy is exactly 0.
 
     The one place the denoiser is scored: the training loss, validation and the ELBO
-    estimators all go through it. Only masked positions reach the LM head, through the
-    model's own `forward` so that data-parallel wrappers see the call.
+    estimators all go through it. Only these positions reach the LM head, through the
+    model's own `forward` so that data-parallel wrappers see the call. num_masked
+    (is_masked.sum()) is counted here, with one host sync, unless the caller knows it.
     """
-    masked = is_masked.nonzero(as_tuple=True)  # one host sync, shared by the gathers below
-    logits = model(noisy, positions_to_score=masked)
-    token_ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")
-    return token_ce, masked
+    if num_masked is None:
+        num_masked = int(is_masked.sum())
+    positions = head_positions(is_masked, num_masked)
+    logits = model(noisy, positions_to_score=positions)
+    token_ce = F.cross_entropy(logits.float(), x0[positions], reduction="none")
+    is_padding = torch.arange(token_ce.shape[0], device=token_ce.device) >= num_masked
+    return token_ce.masked_fill(is_padding, 0.0), positions
 
 
 def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, is_masked: torch.Tensor,
                       p_mask: torch.Tensor, *, answer_lengths: torch.Tensor | None = None,
-                      weighting: LossWeighting = "elbo") -> torch.Tensor:
+                      weighting: LossWeighting = "elbo", num_masked: int | None = None) -> torch.Tensor:
     """The estimator for one fixed noise draw (deterministic given its inputs).
 
     x0, noisy, is_masked: (B, L); p_mask: (B,) per sequence or broadcastable to (B, L).
@@ -94,40 +126,42 @@ def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, i
         row_normaliser = p_mask * per_sequence_norm
     token_weight = (1.0 / row_normaliser).expand(batch_size, length)
 
-    token_ce, masked = masked_token_cross_entropy(model, x0, noisy, is_masked)
-    return (token_ce * token_weight[masked]).sum() / batch_size
+    token_ce, scored = masked_token_cross_entropy(model, x0, noisy, is_masked, num_masked)
+    return (token_ce * token_weight[scored]).sum() / batch_size
 
 
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, noise_epsilon: float,
                    random_trunc_prob: float = 0.0, antithetic: bool = False,
                    mask_rate_floor: float = 0.0, weighting: LossWeighting = "elbo",
                    prompt_lengths: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> DiffusionLoss:
+                   generator: NoiseGenerators | torch.Generator | None = None) -> DiffusionLoss:
     """Noise a clean batch x0 (B, L) with a fresh draw and return the masked-diffusion loss.
 
     mask_rate_floor and weighting: see the module docstring (the defaults are LLaDA's estimator).
-    prompt_lengths: (B,) ints for SFT. The first prompt_lengths[b] tokens of row b are the
-    prompt: never masked, no loss, and the row's loss is normalised by its answer length.
+    prompt_lengths: (B,) host ints for SFT. The first prompt_lengths[b] tokens of row b are
+    the prompt: never masked, no loss, and the row's loss is normalised by its answer length.
     Random truncation is a pre-training trick and would cut answers away, so it cannot be
-    combined with SFT.
+    combined with SFT. generator: the run's `NoiseGenerators`, or one CPU generator for both
+    streams. Nothing here waits for the device.
     """
     if prompt_lengths is not None and random_trunc_prob > 0:
         raise ValueError("random_trunc_prob must be 0 in SFT mode (prompt_lengths given): truncation would cut answers")
-    x0 = random_truncate(x0, random_trunc_prob, generator)
+    generators = NoiseGenerators.of(generator)
+    x0 = random_truncate(x0, random_trunc_prob, generators.host)
     batch_size, length = x0.shape
-    t = sample_times(batch_size, antithetic=antithetic, generator=generator, device=x0.device)
+    t = sample_times(batch_size, antithetic=antithetic, generator=generators.host, device="cpu")
     if mask_rate_floor > 0:
         t = mask_rate_floor + (1.0 - mask_rate_floor) * t
-    p_mask = mask_probability(t, noise_epsilon)
-
-    protected = answer_lengths = None
+    answer_lengths = None
     if prompt_lengths is not None:
-        prompt_lengths = prompt_lengths.to(x0.device)
-        protected = torch.arange(length, device=x0.device)[None, :] < prompt_lengths[:, None]
-        answer_lengths = length - prompt_lengths
-    noisy, is_masked = apply_mask(x0, p_mask, mask_token_id, generator=generator, protected=protected)
+        prompt_lengths = prompt_lengths.cpu()
+        answer_lengths = host_to_device(length - prompt_lengths, x0.device)
+    draw = draw_training_masks(x0, t, noise_epsilon, mask_token_id, generators=generators,
+                               prompt_lengths=prompt_lengths)
+    noisy, is_masked = draw.noisy, draw.is_masked
 
-    loss = masked_token_loss(model, x0, noisy, is_masked, p_mask, answer_lengths=answer_lengths, weighting=weighting)
+    loss = masked_token_loss(model, x0, noisy, is_masked, draw.p_mask, answer_lengths=answer_lengths,
+                             num_masked=draw.num_masked, weighting=weighting)
     num_masked = is_masked.sum()
     num_tokens = batch_size * length
     return DiffusionLoss(loss=loss, mask_ratio=num_masked.float() / num_tokens,

@@ -59,7 +59,8 @@ class RMSNorm(nn.Module):
     """x / rms(x) * g, computed in float32 whatever the input dtype.
 
     Squaring bf16 activations loses too much precision, so we upcast, normalise and cast
-    back: the standard recipe for stable mixed-precision training.
+    back: the standard recipe for stable mixed-precision training. `F.rms_norm` is one fused
+    kernel on CUDA (as fast as the hand-written form on CPU).
     """
 
     def __init__(self, d_model: int, eps: float = 1e-5) -> None:
@@ -71,9 +72,7 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight).to(x.dtype)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).to(x.dtype)
 
 
 class SwiGLU(nn.Module):

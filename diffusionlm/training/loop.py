@@ -9,8 +9,11 @@ max_train_iteration * batch_size sequences per rank. Periodic events fire at the
 optimizer-step boundary at or after each multiple of their frequency, so checkpoints always
 hold a complete optimizer step.
 
-Host syncs: one per optimizer step (the finiteness check of loss and gradient norm, which
-decides whether to step); logged values are read at log steps only.
+Host syncs: none per step under `nan_policy = "stop"`: whether a step's loss and gradient
+norm were finite stays on the device (`_NonFiniteWatch`) and is read with the logged values
+at log steps, and before every validation and checkpoint, so a run stops before it saves
+anything non-finite. `nan_policy = "skip"` must know before stepping, so it reads the
+verdict once per optimizer step.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from config.schemas import OptimizerConfig
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.training.clipping import clip_grad_norm_
 from diffusionlm.training.grad_sync import GradSync
 from diffusionlm.training.metrics import ActivationNorms, weight_norms
@@ -61,12 +66,15 @@ class StepSettings:
     Data parallelism changes two things: the global gradient norm (`clip_grad_norm`; FSDP2
     shards need a collective for it) and the reported loss, which `global_mean` averages over
     ranks, so the finiteness verdict, and with it the decision to step, is the same everywhere.
+    nan_policy "skip" reads that verdict before stepping (a host sync); "stop" steps anyway and
+    leaves the verdict on the device for the loop to read later.
     """
 
     device: torch.device
     grad_accum_steps: int
     optimizer_cfg: OptimizerConfig
     autocast: Callable[[], object]
+    nan_policy: Literal["stop", "skip"] = "stop"
     clip_grad_norm: Callable[[Iterable[torch.Tensor], float], torch.Tensor] = clip_grad_norm_
     global_mean: Callable[[torch.Tensor], torch.Tensor] = _identity
 
@@ -80,21 +88,23 @@ class StepResult:
     mask_ratio: torch.Tensor | None
     lr: float
     lrs: dict[str, float]
-    finite: bool
+    finite: torch.Tensor  # bool, on the device
+    skipped: bool  # nan_policy "skip" left the parameters untouched
     data_wait_s: float
     tokens: int
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
-               objective: Objective, noise_generator: torch.Generator | None, grad_sync: GradSync,
+               objective: Objective, noise_generator: NoiseGenerators | torch.Generator | None, grad_sync: GradSync,
                settings: StepSettings, schedule_step: int) -> StepResult:
-    """Accumulate gradients over `grad_accum_steps` batches, clip, and step unless non-finite.
+    """Accumulate gradients over `grad_accum_steps` batches, clip, and step (under nan_policy
+    "skip", only if the loss and gradient norm are finite).
 
     Micro-step losses are divided by grad_accum_steps so the accumulated gradient is the mean;
     the returned loss and mask ratio are means over micro-steps and ranks.
-    Gradients are synchronised (grad_sync) only on the last micro-step. A non-finite loss or
-    gradient norm leaves the parameters untouched (`finite=False`); the caller decides what
-    that means.
+    Gradients are synchronised (grad_sync) only on the last micro-step. Under nan_policy
+    "skip" a non-finite loss or gradient norm leaves the parameters untouched (`skipped`);
+    under "stop" the step is taken and `finite` tells the caller, who must stop the run.
     """
     cfg = settings.optimizer_cfg
     lrs = apply_lr_schedule(optimizer, schedule_step, cfg)
@@ -128,13 +138,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
             loss = settings.global_mean(loss_sum / accum)
         else:  # one collective for both
             loss, mask_ratio_sum = settings.global_mean(torch.stack([loss_sum, mask_ratio_sum.float()]) / accum).unbind()
-        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        if finite:
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        skipped = settings.nan_policy == "skip" and not bool(finite)  # the one host sync of "skip"
+        if not skipped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=loss, grad_norm=grad_norm,
-                      mask_ratio=mask_ratio_sum,
-                      lr=lr, lrs=lrs, finite=finite, data_wait_s=data_wait, tokens=tokens)
+    return StepResult(loss=loss, grad_norm=grad_norm, mask_ratio=mask_ratio_sum, lr=lr, lrs=lrs, finite=finite,
+                      skipped=skipped, data_wait_s=data_wait, tokens=tokens)
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -191,16 +201,42 @@ class _Window:
         return {"metrics.tokens_per_s": self.tokens / elapsed, "metrics.data_wait_frac": self.data_wait_s / elapsed}
 
 
+class _NonFiniteWatch:
+    """The first non-finite step of a `nan_policy = "stop"` run, recorded on the device (no sync)
+    and read by `check` only where the loop reads the device anyway."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.iteration = torch.full((), -1, dtype=torch.long, device=device)  # -1: every step so far was finite
+        self.values = torch.zeros(2, device=device)  # that step's loss and gradient norm
+
+    def record(self, result: StepResult, iteration: int) -> None:
+        first = (self.iteration < 0) & ~result.finite
+        self.iteration = torch.where(first, iteration, self.iteration)
+        self.values = torch.where(first, torch.stack([result.loss.float(), result.grad_norm.float()]), self.values)
+
+    def check(self, hooks: LoopHooks, now: int) -> None:
+        iteration = int(self.iteration)
+        if iteration < 0:
+            return
+        loss, grad_norm = self.values.tolist()
+        saved = hooks.last_checkpoint()
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at iteration {iteration} (loss={loss}, grad_l2_norm={grad_norm}; "
+            f"seen at iteration {now}); stopped without saving. "
+            + (f"Last good checkpoint: {saved}. " if saved else "No checkpoint was written. ")
+            + 'Lower the learning rate or set training.nan_policy = "skip".')
+
+
 def _log_events(logger: Logger, events: dict[str, str], step: int) -> None:
     if events:
         logger.log(events, step=step)
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor], *,
-               objective: Objective, noise_generator: torch.Generator | None, grad_sync: GradSync,
+               objective: Objective, noise_generator: NoiseGenerators | torch.Generator | None, grad_sync: GradSync,
                settings: StepSettings, validator: Validator | None, logger: Logger, hooks: LoopHooks,
                state: LoopState, max_iteration: int, log_every: int, val_every: int, save_every: int,
-               nan_policy: str, log_activation_norms: bool = False, log_weight_norms: bool = False,
+               log_activation_norms: bool = False, log_weight_norms: bool = False,
                rank: int = 0, world_size: int = 1, flops: FlopCounter | None = None) -> LoopState:
     """Run optimizer steps until `state.iteration` reaches `max_iteration`; returns the final state.
 
@@ -213,6 +249,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
     progress = tqdm(total=max_iteration, initial=state.iteration, unit="it", dynamic_ncols=True,
                     disable=rank != 0 or not sys.stderr.isatty())
     window = _Window()
+    watch = _NonFiniteWatch(settings.device) if settings.nan_policy == "stop" else None
     last_metrics: dict[str, float] = {}
     try:
         if validator is not None and state.iteration == 0:  # the baseline every later evaluation is read against
@@ -229,20 +266,21 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
             window.tokens += result.tokens * world_size
             window.data_wait_s += result.data_wait_s
             progress.update(settings.grad_accum_steps)
-            if result.finite:
+            if result.skipped:
+                state.skipped_steps += 1
+            else:
                 state.optimizer_step += 1
                 window.add_loss(result.loss)
-            elif nan_policy == "stop":
-                saved = hooks.last_checkpoint()
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at iteration {state.iteration} (loss={result.loss.item()}, "
-                    f"grad_l2_norm={result.grad_norm.item()}); stopped without saving. "
-                    + (f"Last good checkpoint: {saved}. " if saved else "No checkpoint was written. ")
-                    + 'Lower the learning rate or set training.nan_policy = "skip".')
-            else:
-                state.skipped_steps += 1
+                if watch is not None:
+                    watch.record(result, state.iteration)
+            last = state.iteration >= max_iteration
+            log_now = crossed(before, state.iteration, log_every) or last
+            validate_now = validator is not None and (crossed(before, state.iteration, val_every) or last)
+            save_now = crossed(before, state.iteration, save_every) or last
+            if watch is not None and (log_now or validate_now or save_now):
+                watch.check(hooks, state.iteration)
 
-            if crossed(before, state.iteration, log_every) or state.iteration >= max_iteration:
+            if log_now:
                 metrics: dict[str, float] = {
                     "metrics.loss": result.loss.item(),
                     "metrics.loss_avg": window.loss_avg(),
@@ -267,15 +305,14 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: C
                 last_metrics.update(metrics)
                 window = _Window()
 
-            if validator is not None and (crossed(before, state.iteration, val_every)
-                                          or state.iteration >= max_iteration):
+            if validate_now:
                 with nvtx.range("validation", nvtx.COARSE):
                     val_metrics = hooks.reduce_metrics(validator.evaluate(model))
                 logger.log(val_metrics, step=state.iteration)
                 last_metrics.update(val_metrics)
                 window.restart_clock()
 
-            if crossed(before, state.iteration, save_every) or state.iteration >= max_iteration:
+            if save_now:
                 hooks.save_checkpoint(state, last_metrics)
                 window.restart_clock()
     finally:

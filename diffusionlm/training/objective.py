@@ -13,6 +13,7 @@ from torch import nn
 
 from config.schemas import LossWeighting, ModelConfig, TrainingConfig
 from diffusionlm.data.sft import SFTBatch
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.diffusion.loss import autoregressive_loss, diffusion_loss
 
 
@@ -26,7 +27,8 @@ class ObjectiveOutput:
 
 @dataclass
 class DiffusionObjective:
-    """LLaDA's masked-diffusion loss; noise is drawn from the generator passed per call."""
+    """LLaDA's masked-diffusion loss; noise is drawn from the generators passed per call (one
+    CPU generator serves as both the host and the device stream)."""
 
     mask_token_id: int
     noise_epsilon: float
@@ -36,7 +38,7 @@ class DiffusionObjective:
     weighting: LossWeighting
 
     def __call__(self, model: nn.Module, x0: torch.Tensor | SFTBatch,
-                 generator: torch.Generator | None) -> ObjectiveOutput:
+                 generator: NoiseGenerators | torch.Generator | None) -> ObjectiveOutput:
         """x0: a batch of ids, or an `SFTBatch`, whose prompts are never masked (LLaDA's SFT loss)."""
         prompt_lengths = None
         if isinstance(x0, SFTBatch):
@@ -51,7 +53,8 @@ class DiffusionObjective:
 class AutoregressiveObjective:
     """Next-token cross-entropy for `[model].causal = true` (draws no noise)."""
 
-    def __call__(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None) -> ObjectiveOutput:
+    def __call__(self, model: nn.Module, x0: torch.Tensor,
+                 generator: NoiseGenerators | torch.Generator | None) -> ObjectiveOutput:
         return ObjectiveOutput(autoregressive_loss(model, x0), None)
 
 

@@ -1,10 +1,17 @@
 """The parallelize step (torchtitan-style): a built model in, what one rank trains out.
 
-    model -> [compile each block] -> single process | custom DDP | torch DDP | FSDP2
+    model -> [compile: each block | the whole forward] -> single process | custom DDP | torch DDP | FSDP2
           -> Parallelized(model, optimizer, grad_sync, ...)
 
 `model` is what the loop calls: the objective goes through its `forward` (with
 `positions_to_score`, so only masked rows reach the LM head) and wrapper hooks fire.
+
+Compile (`[training].compile`) is a transform of the built model, never a branch in the loop:
+"blocks" compiles each Transformer block (graphs shared by identical blocks, quick to build);
+"model" compiles the whole forward, embedding to LM head, as one graph. The training step
+feeds it fixed-capacity row indices (see `diffusionlm.diffusion.loss`), so nothing in it has a
+data-dependent shape; the capacity changes from step to step, so the graph is recompiled
+once with a dynamic row count and then reused.
 
 - custom: `ddp.DDP` (bucketed, overlapping all-reduce) + `ddp.OptimizerStateSharding` (ZeRO-1).
 - torch: `DistributedDataParallel` + `ZeroRedundancyOptimizer`, the comparison/production path.
@@ -28,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from config.schemas import DDPConfig, OptimizerConfig
+from config.schemas import CompileMode, DDPConfig, OptimizerConfig
 from ddp.ddp import DDP
 from ddp.optimizer_state_sharding import OptimizerStateSharding, named_trainable
 from ddp.utils import broadcast_coalesced
@@ -55,11 +62,9 @@ class Parallelized:
 
 
 def parallelize(model: TransformerLM, optimizer_cfg: OptimizerConfig, ddp_cfg: DDPConfig, *,
-                compile: bool = False) -> Parallelized:
+                compile: CompileMode = "off") -> Parallelized:
     """Apply compile and the data-parallel transform `[ddp].impl` (none without a process group)."""
-    if compile:
-        for block in model.blocks:
-            block.compile()
+    compile_model(model, compile)
     if not dist.is_initialized():
         return _replicated(model, model, build_optimizer(model, optimizer_cfg), LocalGradSync())
     if ddp_cfg.impl == "custom":
@@ -72,6 +77,15 @@ def parallelize(model: TransformerLM, optimizer_cfg: OptimizerConfig, ddp_cfg: D
     if ddp_cfg.impl == "torch":
         return _torch_ddp(model, optimizer_cfg, ddp_cfg)
     return _fsdp2(model, optimizer_cfg)
+
+
+def compile_model(model: TransformerLM, mode: CompileMode) -> None:
+    """Compile `model` in place as `[training].compile` says (see the module docstring)."""
+    if mode == "blocks":
+        for block in model.blocks:
+            block.compile()
+    elif mode == "model":
+        model.compile()
 
 
 def _replicated(wrapped: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer,

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusionlm.diffusion.forward_process import NoiseGenerators
+from diffusionlm.errors import InputError
+
 
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of rank `rank`'s noise stream: `seed` itself on rank 0 (so a single-process run
@@ -23,8 +26,8 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def capture_rng_state(noise_generator: torch.Generator) -> dict[str, Any]:
-    """Python, numpy, torch (CPU), CUDA and the run's noise generator, as plain data."""
+def capture_rng_state(noise: NoiseGenerators) -> dict[str, Any]:
+    """Python, numpy, torch (CPU), CUDA and the run's noise generators (host and device), as plain data."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     python_version, python_internal, python_gauss = random.getstate()
     return {
@@ -35,12 +38,16 @@ def capture_rng_state(noise_generator: torch.Generator) -> dict[str, Any]:
         # Only the current device's generator: a run uses one GPU per process, and a state list
         # for every visible GPU could not be restored on a machine with fewer of them.
         "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "noise": noise_generator.get_state(),
+        "noise": noise.host.get_state(),
+        "noise_device": noise.device.get_state(),
     }
 
 
-def restore_rng_state(state: dict[str, Any], noise_generator: torch.Generator) -> None:
-    """Inverse of `capture_rng_state`. CUDA states are restored only when CUDA is present."""
+def restore_rng_state(state: dict[str, Any], noise: NoiseGenerators) -> None:
+    """Inverse of `capture_rng_state`. CUDA states are restored only when CUDA is present.
+
+    A checkpoint from a run on another device type holds a device-noise state of another
+    generator type; that is an error (the resumed run could not draw the same noise)."""
     python_version, python_internal, python_gauss = state["python"]
     random.setstate((python_version, tuple(python_internal), python_gauss))
     numpy_state = state["numpy"]
@@ -49,4 +56,11 @@ def restore_rng_state(state: dict[str, Any], noise_generator: torch.Generator) -
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"][0].cpu())
-    noise_generator.set_state(state["noise"].cpu())
+    noise.host.set_state(state["noise"].cpu())
+    if "noise_device" not in state:  # written before the noise had a device stream: nothing more to restore
+        return
+    device_state = state["noise_device"].cpu()
+    if device_state.numel() != noise.device.get_state().numel():
+        raise InputError(f"the checkpoint's noise stream was drawn on another device type than "
+                         f"{noise.device.device.type}; resume it on the device it was trained on")
+    noise.device.set_state(device_state)

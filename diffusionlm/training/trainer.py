@@ -24,7 +24,9 @@ import torch
 
 from config.io import write_config
 from config.train import TrainConfig
+from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from diffusionlm.data.batches import Batches, build_batches
+from diffusionlm.diffusion.forward_process import NoiseGenerators
 from diffusionlm.errors import InputError
 from diffusionlm.inference.predictor import StoredWeights, load_weights, read_weights
 from diffusionlm.models.transformer import TransformerLM
@@ -57,7 +59,6 @@ from diffusionlm.utils.run_layout import (
     run_dir_of,
 )
 from diffusionlm.utils.threads import apply_num_threads
-from ddp.utils import all_reduce_mean, all_reduce_mean_metrics, broadcast_object, gather_to_rank_zero
 from logger import Logger, build_logger
 from profiling import nvtx
 from profiling.trace import StepProfiler
@@ -75,7 +76,7 @@ class Trainer:
     train_batches: Batches
     validator: Validator | None
     objective: Objective
-    noise_generator: torch.Generator
+    noise_generator: NoiseGenerators
     logger: Logger
     checkpointer: Checkpointer
     state: LoopState = field(default_factory=LoopState)
@@ -121,15 +122,12 @@ def count_parameters(config: TrainConfig) -> tuple[int, int]:
     return model.num_parameters(), model.num_parameters(exclude_embedding=True)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return the CPU generator that draws the diffusion noise.
-
-    Noise is drawn on the CPU whatever the device, so a seed means the same masks on any machine.
-    """
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (model initialisation); the diffusion
+    noise has its own `NoiseGenerators`, saved in every checkpoint."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
@@ -185,7 +183,7 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
     batch_settings = {"context_length": config.model.context_length, "batch_size": training.batch_size,
                       "rank": rank, "world_size": world_size, "seed": training.seed}
     train_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.train_split,
-                                  loop=True, **batch_settings)
+                                  loop=True, pin_memory=device.type == "cuda", **batch_settings)
     validator = None
     if not training.skip_validation:
         val_batches = build_batches(config.data, tokenizer, config.model.eot_token_id, split=config.data.val_split,
@@ -199,10 +197,11 @@ def build_trainer(config: TrainConfig, *, resume: str | None = None, rank: int =
         finally:
             val_batches.close()
 
-    noise_generator = seed_everything(training.seed)  # the same model initialisation on every rank
+    seed_everything(training.seed)  # the same model initialisation on every rank
     model = TransformerLM(config.model).to(device)
+    noise_generator = NoiseGenerators.seeded(rank_seed(training.seed, rank), device)  # but this rank's own noise
     if rank:
-        noise_generator = seed_everything(rank_seed(training.seed, rank))  # but this rank's own noise
+        seed_everything(rank_seed(training.seed, rank))  # and its own global streams from here on
     if init_weights is not None:
         load_weights(model, init_weights.state, init_weights.source.weights, init_weights.config)
     if checkpoint is not None:
@@ -303,7 +302,8 @@ def run_training(trainer: Trainer) -> TrainResult:
     settings = StepSettings(device=trainer.device, grad_accum_steps=training.grad_accum_steps,
                             optimizer_cfg=config.optimizer,
                             autocast=lambda: autocast_context(trainer.device, training.dtype),
-                            clip_grad_norm=trainer.parallel.clip_grad_norm, global_mean=all_reduce_mean)
+                            clip_grad_norm=trainer.parallel.clip_grad_norm, global_mean=all_reduce_mean,
+                            nan_policy=training.nan_policy)
     batches = trainer.train_batches
     trainer.logger.log(_provenance_record(batches.provenance()) | {"params.num_threads": torch.get_num_threads()},
                        step=trainer.state.iteration)
@@ -322,7 +322,7 @@ def run_training(trainer: Trainer) -> TrainResult:
                             at_step=profiler.at_step if profiler is not None else lambda iteration: {}),
             state=trainer.state, max_iteration=training.max_train_iteration, log_every=config.logging.log_every,
             val_every=training.val_freq_iteration, save_every=training.ckpting_save_iter,
-            nan_policy=training.nan_policy, log_activation_norms=config.logging.log_activation_norms,
+            log_activation_norms=config.logging.log_activation_norms,
             log_weight_norms=config.logging.log_weight_norms, rank=trainer.rank, world_size=trainer.world_size,
             flops=flops)
         export_dir = sample = None

@@ -157,6 +157,7 @@ def print_table(outcomes: list[Outcome], args: argparse.Namespace) -> None:
     print(f"\nbudget: {args.steps} steps x {args.batch_size} x {args.context_length} = {tokens:,} tokens; "
           f"d_model {args.d_model}, {args.num_layers} layers, vocab {args.vocab_size}; "
           f"scored on {outcomes[0].report.num_sequences} validation windows")
+    print(f"recipe: train.toml{''.join(f' --set {override}' for override in args.overrides)}")
     print("| model | bits/byte | s.e. | MC s.e. | nats/token | estimate | train s |")
     print("|---|---:|---:|---:|---:|---|---:|")
     for outcome in outcomes:

@@ -10,6 +10,7 @@ learning rate; the schedule sets `lr` from it each step).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -29,19 +30,22 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 def _adamw_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
                 exp_avg_sqs: list[torch.Tensor], steps: list[int], *, lr: float, betas: tuple[float, float],
                 eps: float, weight_decay: float) -> None:
-    """One AdamW update (Loshchilov & Hutter) over a list of tensors, in torch's fused kernel.
+    """One AdamW update (Loshchilov & Hutter) over a list of tensors, with foreach kernels.
 
     Decoupled decay p *= 1 - lr * wd first, then p -= lr * m_hat / (sqrt(v_hat) + eps) with
-    bias-corrected moments; `steps` already counts the current step. The fused kernel makes
-    one pass over each tensor (measured on CPU: 7x faster than the same update in foreach
-    kernels). It reads step counts from tensors; they are filled on the device from our
-    Python ints, so the state stays sync-free and checkpoint-compatible.
+    bias-corrected moments; `steps` already counts the current step. The update is written
+    here rather than delegated to torch's fused AdamW kernel: the optimizer is part of what
+    this project implements, and on the benchmark shapes the whole update is ~3% of a step.
     """
     beta1, beta2 = betas
-    device = params[0].device
-    step_tensors = {step: torch.full((), float(step), device=device) for step in set(steps)}
-    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], [step_tensors[step] for step in steps], lr=lr,
-                        beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+    torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [math.sqrt(1.0 - beta2**step) for step in steps])
+    torch._foreach_add_(denoms, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-lr / (1.0 - beta1**step) for step in steps])
 
 
 class _AdamWStateMixin:

@@ -173,7 +173,8 @@ class TrainingConfig(Section):
     random_trunc_prob: float = Field(0.0, ge=0, le=1, description="probability of cutting a batch to a random length")
     antithetic_time: bool = Field(True, description="stratify t across the batch (lower-variance loss)")
     mask_rate_floor: float = Field(
-        0.0, ge=0, lt=1, description="training draws t from U[floor, 1); evaluation still covers the full range")
+        0.2, ge=0, lt=1, description="training draws t from U[floor, 1) (0 is LLaDA's; benchmarking/RESULTS.md has "
+                                     "the measurement); evaluation still covers the full range")
     loss_weighting: LossWeighting = Field(
         "elbo", description='"elbo": masked tokens weighted 1/p_mask; "masked_mean": averaged per sequence')
     nan_policy: Literal["stop", "skip"] = Field("stop", description="on a non-finite loss: stop, or skip the step")

@@ -183,21 +183,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "o2").exists() and not (tmp_path / ".o2.partial").exists()
 
 
-def _long_source(tmp_path: Path) -> dict:
-    """A text source whose train split takes several memmap flushes (~16 MB), so an interrupt that
-    follows the first flush always lands mid-run, however slowly the machine runs."""
-    stories, validation = tmp_path / "long_train.txt", tmp_path / "long_valid.txt"
-    if not stories.exists():
-        write_corpus_text(validation, seed=99, num_stories=20)
-        write_corpus_text(stories, seed=0, num_stories=600)
-        text = stories.read_text(encoding="utf-8")
-        stories.write_text(text * (16_000_000 // len(text) + 1), encoding="utf-8")
-    return {**text_source(stories, validation), "num_workers": 1}
-
-
 def _start_make_data(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "out"
-    config = make_data_toml(tmp_path / "make.toml", _long_source(tmp_path), {"output_dir": str(out)})
+    config = make_data_toml(tmp_path / "make.toml", {"dataset_name": "builtin", "num_workers": 1},
+                            {"output_dir": str(out)})
     process = subprocess.Popen([sys.executable, "-m", "cli.make_data", "--config", str(config)], cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = tmp_path / ".out.partial"

@@ -187,8 +187,11 @@ def _start_make_data(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "out"
     config = make_data_toml(tmp_path / "make.toml", {"dataset_name": "builtin", "num_workers": 1},
                             {"output_dir": str(out)})
+    # SIGINT back to its default in the child: a shell's background job (how CI runners and nohup'd
+    # suites often start) inherits SIGINT ignored, and then no KeyboardInterrupt could ever arrive.
     process = subprocess.Popen([sys.executable, "-m", "cli.make_data", "--config", str(config)], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = tmp_path / ".out.partial"
     deadline = time.monotonic() + 120
     while not (partial / "train.dat").exists() or (partial / "train.dat").stat().st_size == 0:

@@ -171,3 +171,31 @@ def test_output_projections_are_scaled_down_with_depth():
     block = model.blocks[0]
     assert block.attn.out.weight.std() < 0.5 * block.attn.qkv.weight.std()
     assert block.ffn.w2.weight.std() < 0.5 * block.ffn.w13.weight.std()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("as_indices", [False, True])
+def test_scoring_selected_positions_equals_full_logits_and_gradients(causal, as_indices):
+    """The last block runs its output projection and FFN on the scored rows only: the logits
+    and every parameter's gradient equal the full forward's at those rows."""
+    model = TransformerLM(small_config(causal=causal, num_layers=3))
+    ids = torch.randint(0, 90, (3, 16))
+    selected = torch.rand(3, 16) < 0.4
+    selected[0, 0] = True  # a row may hold one position ...
+    selected[1] = False  # ... or none
+    rows = selected.nonzero(as_tuple=True) if as_indices else selected
+    target = torch.randint(0, 90, (int(selected.sum()),))
+
+    full = model(ids)[selected]
+    F.cross_entropy(full, target).backward()
+    full_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    ffn_rows = []
+    model.blocks[-1].ffn.register_forward_hook(lambda module, args, out: ffn_rows.append(args[0].shape[0]))
+    scored = model(ids, positions_to_score=rows)
+    F.cross_entropy(scored, target).backward()
+
+    torch.testing.assert_close(scored, full, atol=ATOL, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, full_grads[name], atol=ATOL, rtol=1e-5, msg=name)
+    assert ffn_rows == [int(selected.sum())]  # the last FFN ran on the scored rows alone

@@ -52,16 +52,19 @@ class SelfAttention(nn.Module):
         return RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend_mask: torch.Tensor | None,
-               is_causal: bool) -> torch.Tensor:
-        """SDPA over (B, H, L, hd) tensors, merged back to (B, Lq, D) and projected."""
+               is_causal: bool, rows=None) -> torch.Tensor:
+        """SDPA over (B, H, L, hd) tensors, merged back to (B, Lq, D) and projected; with `rows`
+        (a (B, Lq) bool mask or (batch, position) index tensors) only those rows are projected,
+        giving (N, D)."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend_mask, is_causal=is_causal)
         B, _, Lq, _ = out.shape
-        return self.out(out.transpose(1, 2).reshape(B, Lq, self.num_heads * self.head_dim))
+        merged = out.transpose(1, 2).reshape(B, Lq, self.num_heads * self.head_dim)
+        return self.out(merged if rows is None else merged[rows])
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attend_mask: torch.Tensor | None = None, is_causal: bool = False,
-                kv_cache=None) -> torch.Tensor:
+                kv_cache=None, rows=None) -> torch.Tensor:
         q, k, v = self.project_qkv(x, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        return self.attend(q, k, v, attend_mask, is_causal)
+        return self.attend(q, k, v, attend_mask, is_causal, rows)

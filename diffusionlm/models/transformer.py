@@ -17,7 +17,13 @@ from diffusionlm.models.layers import Embedding, Linear, RMSNorm, RotaryEmbeddin
 
 
 class Block(nn.Module):
-    """x + Attn(Norm(x)), then x + FFN(Norm(x))."""
+    """x + Attn(Norm(x)), then x + FFN(Norm(x)).
+
+    With `rows` (a (B, L) bool mask or (batch, position) index tensors) the block returns
+    only those positions, (N, D): every position still serves as a key and value, but the
+    output projection, residual and FFN run on the selected rows alone. Everything after
+    attention is row-wise, so the selected rows equal the full block's output.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -30,8 +36,9 @@ class Block(nn.Module):
         self.ffn = SwiGLU(config.d_model, config.d_ff, out_init_scale=out_scale)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attend_mask: torch.Tensor | None, is_causal: bool, kv_cache=None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, attend_mask, is_causal, kv_cache)
+                attend_mask: torch.Tensor | None, is_causal: bool, kv_cache=None, rows=None) -> torch.Tensor:
+        mixed = self.attn(self.attn_norm(x), cos, sin, attend_mask, is_causal, kv_cache, rows)
+        x = (x if rows is None else x[rows]) + mixed
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -39,7 +46,9 @@ class TransformerLM(nn.Module):
     """Bidirectional (default) or causal Transformer language model.
 
     `forward` returns logits; with `positions_to_score` only those positions go through the
-    LM head, which is how the diffusion loss scores masked tokens alone. Training calls
+    last block's output projection and FFN, the final norm and the LM head, which is how the
+    diffusion loss scores masked tokens alone (the other positions' last-block outputs would
+    feed nothing). Training calls
     `forward` (never `forward_hidden` + `lm_head` separately) so that a wrapper's forward and
     hooks (DDP, FSDP2) run. `forward_hidden` is for callers that reuse the hidden states, such
     as the sampler's KV cache.
@@ -55,8 +64,9 @@ class TransformerLM(nn.Module):
         self.lm_head = Linear(config.d_model, config.vocab_size)
 
     def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       positions: torch.Tensor | None = None, *, kv_cache=None) -> torch.Tensor:
-        """(B, L) ids -> (B, L, D) final-normed hidden states.
+                       positions: torch.Tensor | None = None, *, kv_cache=None, rows=None) -> torch.Tensor:
+        """(B, L) ids -> (B, L, D) final-normed hidden states, or (N, D) for the N positions
+        selected by `rows` (see `Block`), in row-major order.
 
         attention_mask: optional (B, L) bool, False marks padding keys (left-padded batches).
         positions: optional (L,) or (B, L) RoPE positions; defaults to 0..L-1, so a left-padded
@@ -74,9 +84,10 @@ class TransformerLM(nn.Module):
         attend_mask = None if attention_mask is None else build_attend_mask(attention_mask, L, key_len,
                                                                             self.config.causal)
         is_causal = self.config.causal and attend_mask is None
+        last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
             layer_cache = None if kv_cache is None else kv_cache.layers[index]
-            x = block(x, cos, sin, attend_mask, is_causal, layer_cache)
+            x = block(x, cos, sin, attend_mask, is_causal, layer_cache, rows if index == last else None)
         return self.final_norm(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -85,8 +96,8 @@ class TransformerLM(nn.Module):
         """(B, L) ids -> (B, L, vocab_size) logits, or (N, vocab_size) for the N positions
         selected by `positions_to_score` (a (B, L) bool mask or the (rows, cols) index tensors
         of `mask.nonzero(as_tuple=True)`), in row-major order."""
-        hidden = self.forward_hidden(input_ids, attention_mask, positions, kv_cache=kv_cache)
-        return self.lm_head(hidden if positions_to_score is None else hidden[positions_to_score])
+        return self.lm_head(self.forward_hidden(input_ids, attention_mask, positions, kv_cache=kv_cache,
+                                                rows=positions_to_score))
 
     def num_parameters(self, exclude_embedding: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())

@@ -13,6 +13,9 @@ from torch import nn
 class ActivationNorms:
     """Forward hooks recording the RMS of each Transformer block's output.
 
+    In training the last block returns only the positions the loss scores (see `Block`), so
+    its RMS is over those positions.
+
     The values stay on the device as detached scalars; `read()` fetches them all with one sync.
     """
 

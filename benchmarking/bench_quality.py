@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--elbo-samples", type=int, default=16, help="noise levels per sequence for the ELBO")
     parser.add_argument("--models", default="diffusion,ar", help="comma-separated: diffusion, ar")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for training and scoring (training.num_threads; unset: its default)")
     parser.add_argument("--num-workers", type=int, default=1, help="tokenizer worker processes of the loader")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -102,7 +103,7 @@ def train_config(args: argparse.Namespace, tokenizer_dir: Path, tokenizer: Token
         "optimizer.cosine_cycle_iters": max(2, args.steps),
         "training.device": args.device, "training.seed": args.seed, "training.batch_size": args.batch_size,
         "training.max_train_iteration": args.steps, "training.ckpting_save_iter": args.steps,
-        "training.skip_validation": True, "training.sample_at_end": False,
+        "training.skip_validation": True, "training.sample_at_end": False, "training.num_threads": args.threads,
         "data.dataset_name": "text", "data.data_files": files, "data.document_separator": EOT_TOKEN,
         "data.num_workers": args.num_workers,
         "data.tokenizer.vocab_path": str(tokenizer_dir / VOCAB_FILE),
@@ -174,8 +175,6 @@ def print_table(outcomes: list[Outcome], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = set(names) - {"diffusion", "ar"}
     if unknown or not names:

@@ -126,7 +126,7 @@ def test_sft_diffusion_loss_never_masks_the_prompt():
     first = (_ce(TABLE[1], 1) + _ce(TABLE[2], 2) + _ce(TABLE[3], 0)) / 3
     second = (_ce(TABLE[2], 1) + _ce(TABLE[3], 0)) / 2
     assert result.loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
-    assert result.num_masked.item() == 5
+    assert result.num_masked == 5
     assert model.lm_head.rows_seen == [8]  # the 5 masked rows, padded to the head's capacity (a multiple of 8)
 
 
@@ -140,10 +140,10 @@ def test_only_masked_positions_padded_to_a_multiple_of_eight_reach_the_head():
     model = PositionLogitsLM(torch.zeros(16, 5))
     x0 = torch.randint(0, 4, (8, 16), generator=torch.Generator().manual_seed(0))
     result = diffusion_loss(model, x0, mask_token_id=4, noise_epsilon=1e-3, generator=torch.Generator().manual_seed(1))
-    num_masked = result.num_masked.item()
+    num_masked = result.num_masked
     assert model.lm_head.rows_seen == [-(-num_masked // HEAD_ROWS_MULTIPLE) * HEAD_ROWS_MULTIPLE]
     assert 0 < num_masked < x0.numel()
-    assert result.mask_ratio.item() == pytest.approx(result.num_masked.item() / x0.numel())
+    assert result.mask_ratio.item() == pytest.approx(num_masked / x0.numel())
     assert result.num_tokens == x0.numel()
 
 

@@ -52,13 +52,14 @@ HEAD_ROWS_MULTIPLE = 8
 class DiffusionLoss:
     """One loss evaluation. `loss` carries the graph; the rest is detached, for logging.
 
-    num_masked is a tensor so reading it does not force a device sync; num_tokens (B * L after
-    any truncation) is known on the host.
+    num_masked and num_tokens (B * L after any truncation) are known on the host, where the
+    masked counts were drawn; mask_ratio is filled from them as a device scalar, so the loop
+    reduces it with the loss and reading neither costs a device sync.
     """
 
     loss: torch.Tensor
     mask_ratio: torch.Tensor
-    num_masked: torch.Tensor
+    num_masked: int
     num_tokens: int
 
 
@@ -162,10 +163,9 @@ def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, no
 
     loss = masked_token_loss(model, x0, noisy, is_masked, draw.p_mask, answer_lengths=answer_lengths,
                              num_masked=draw.num_masked, weighting=weighting)
-    num_masked = is_masked.sum()
     num_tokens = batch_size * length
-    return DiffusionLoss(loss=loss, mask_ratio=num_masked.float() / num_tokens,
-                         num_masked=num_masked, num_tokens=num_tokens)
+    return DiffusionLoss(loss=loss, mask_ratio=torch.full((), draw.num_masked / num_tokens, device=x0.device),
+                         num_masked=draw.num_masked, num_tokens=num_tokens)
 
 
 def next_token_cross_entropy(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

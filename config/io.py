@@ -38,7 +38,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def _parse_override_value(raw: str) -> Any:
-    """Read an override value as a TOML value (3e-4, true, [0.9, 0.95], "x"); bare words stay strings."""
+    """Read an override value as a TOML value (3e-4, true, [0.9, 0.95], "x"); bare words stay
+    strings, except `null`, which TOML lacks: it unsets an optional field (`data.val_split=null`).
+    The string "null" is still reachable quoted (`'"null"'`)."""
+    if raw == "null":
+        return None
     try:
         return tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:

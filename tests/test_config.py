@@ -61,6 +61,16 @@ def test_override_parses_toml_values(config_file):
     assert cfg.optimizer.muon.hidden.momentum == pytest.approx(0.9)
 
 
+def test_override_null_unsets_an_optional_field_and_is_rejected_for_a_required_one(config_file, tmp_path):
+    init = tmp_path / "weights.safetensors"
+    cfg = load_config(DemoConfig, config_file, [f"training.init_from={str(init)!r}", "training.init_from=null"])
+    assert cfg.training.init_from is None
+    quoted = load_config(DemoConfig, config_file, ['training.init_from="null"'])
+    assert quoted.training.init_from == Path("null")
+    with pytest.raises(InputError, match=r"training\.batch_size: .*got None"):
+        load_config(DemoConfig, config_file, ["training.batch_size=null"])
+
+
 def test_override_of_a_missing_key_names_it(config_file):
     with pytest.raises(InputError, match=r"--set optimizer\.max_lr: no key 'max_lr' in optimizer"):
         load_config(DemoConfig, config_file, ["optimizer.max_lr=1"])

@@ -183,6 +183,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "o2").exists() and not (tmp_path / ".o2.partial").exists()
 
 
+def test_val_split_null_writes_the_train_split_only(tmp_path):
+    stories = tmp_path / "s.txt"
+    write_corpus_text(stories, seed=0, num_stories=20)
+    config = make_data_toml(tmp_path / "make.toml", text_source(stories, stories), {"output_dir": str(tmp_path / "out")})
+    assert make_data_main(["--config", str(config), "--set", "data.val_split=null"]) == 0
+    assert (tmp_path / "out" / "train.dat").is_file()
+    assert not list((tmp_path / "out").glob("validation*"))
+    assert not list((tmp_path / "out" / "parquet").glob("validation-*"))
+
+
 def _start_make_data(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "out"
     config = make_data_toml(tmp_path / "make.toml", {"dataset_name": "builtin", "num_workers": 1},

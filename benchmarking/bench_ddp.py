@@ -71,7 +71,8 @@ def _runner(ddp_cfg: DDPConfig | None, config: ModelConfig, batch: int, rank: in
     settings = StepSettings(device=torch.device("cpu"), grad_accum_steps=1, optimizer_cfg=optimizer_cfg,
                             autocast=contextlib.nullcontext, clip_grad_norm=parallel.clip_grad_norm)
     objective = DiffusionObjective(mask_token_id=config.mask_token_id, noise_epsilon=1e-3, random_trunc_prob=0.0,
-                                   antithetic=True, mask_rate_floor=0.0, weighting="elbo")
+                                   antithetic=True, mask_rate_floor=0.0, mask_rate_ceiling=1.0,
+                                   weighting="elbo")
     data = torch.Generator().manual_seed(rank)
     noise = torch.Generator().manual_seed(100 + rank)
 

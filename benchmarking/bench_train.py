@@ -118,7 +118,8 @@ def _our_variant(name: str, model_cfg: ModelConfig, x0: torch.Tensor, device: to
                                     **REFERENCE_ADAMW)
     optimizer = build_optimizer(model, optimizer_cfg)
     objective = DiffusionObjective(mask_token_id=model_cfg.mask_token_id, noise_epsilon=NOISE_EPSILON,
-                                   random_trunc_prob=0.0, antithetic=False, mask_rate_floor=0.0, weighting="elbo")
+                                   random_trunc_prob=0.0, antithetic=False, mask_rate_floor=0.0, mask_rate_ceiling=1.0,
+                                   weighting="elbo")
     settings = StepSettings(device=device, grad_accum_steps=1, optimizer_cfg=optimizer_cfg,
                             autocast=lambda: autocast_context(device, AUTOCAST_PRECISION))
     generator = NoiseGenerators.seeded(0, device)

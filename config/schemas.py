@@ -173,14 +173,24 @@ class TrainingConfig(Section):
     random_trunc_prob: float = Field(0.0, ge=0, le=1, description="probability of cutting a batch to a random length")
     antithetic_time: bool = Field(True, description="stratify t across the batch (lower-variance loss)")
     mask_rate_floor: float = Field(
-        0.2, ge=0, lt=1, description="training draws t from U[floor, 1) (0 is LLaDA's; benchmarking/RESULTS.md has "
-                                     "the measurement); evaluation still covers the full range")
+        0.2, ge=0, lt=1, description="training draws t from U[floor, ceiling) (0 is LLaDA's; benchmarking/RESULTS.md "
+                                     "has the measurement); evaluation still covers the full range")
+    mask_rate_ceiling: float = Field(
+        1.0, gt=0, le=1, description="training draws t from U[floor, ceiling) (1 is LLaDA's); evaluation still "
+                                     "covers the full range")
     loss_weighting: LossWeighting = Field(
         "elbo", description='"elbo": masked tokens weighted 1/p_mask; "masked_mean": averaged per sequence')
     nan_policy: Literal["stop", "skip"] = Field("stop", description="on a non-finite loss: stop, or skip the step")
     sample_at_end: bool = Field(True, description="print a short sample from the final model")
     init_from: Path | None = Field(
         None, description="fine-tune: start from these weights (run directory, checkpoint .pt or export/)")
+
+    @model_validator(mode="after")
+    def _check_mask_rates(self) -> TrainingConfig:
+        if self.mask_rate_floor >= self.mask_rate_ceiling:
+            raise ValueError(f"mask_rate_floor ({self.mask_rate_floor}) must be < mask_rate_ceiling "
+                             f"({self.mask_rate_ceiling})")
+        return self
 
     @field_validator("compile", mode="before")
     @classmethod

@@ -34,7 +34,8 @@ MODEL = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, 
                     mask_token_id=63, eot_token_id=62)
 GLOBAL_BATCH, STEPS, ACCUM = 4, 3, 2
 OBJECTIVE = DiffusionObjective(mask_token_id=MODEL.mask_token_id, noise_epsilon=1e-3, random_trunc_prob=0.0,
-                               antithetic=False, mask_rate_floor=0.0, weighting="elbo")
+                               antithetic=False, mask_rate_floor=0.0, mask_rate_ceiling=1.0,
+                               weighting="elbo")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from config.schemas import ModelConfig, TrainingConfig
@@ -197,27 +198,28 @@ def _mask_count_ce(scales: torch.Tensor, vocab: int, length: int):
     return ce
 
 
-@pytest.mark.parametrize("floor", [0.0, 0.3])
-def test_loss_is_unbiased_for_a_context_dependent_model(floor):
+@pytest.mark.parametrize(("floor", "ceiling"), [(0.0, 1.0), (0.3, 1.0), (0.2, 0.7)])
+def test_loss_is_unbiased_for_a_context_dependent_model(floor, ceiling):
     # Position i masked (prob p) with K other masked tokens, K ~ Bin(L - 1, p): the 1/p weight
     # cancels the masking probability, so E[loss] = 1/L sum_i E_t[E_K[CE_i(1 + K)]], the
-    # expectation over t ~ U[floor, 1).
+    # expectation over t ~ U[floor, ceiling).
     vocab, length, batch, eps = 4, 6, 20_000, 1e-3
     scales = torch.linspace(0.5, 4.0, length)
     model = MaskCountLM(scales, vocab, mask_token_id=vocab - 1)
     ce = _mask_count_ce(scales, vocab, length)
 
-    t = np.linspace(floor, 1.0, 4001)
+    t = np.linspace(floor, ceiling, 4001)
     p = (1 - eps) * t + eps
     others = length - 1
     expected_ce = sum(
         math.comb(others, j) * p**j * (1 - p) ** (others - j) * ce(i, 1 + j)
         for i in range(length) for j in range(others + 1)
     ) / length
-    expected = np.trapezoid(expected_ce, t) / (1 - floor)
+    expected = np.trapezoid(expected_ce, t) / (ceiling - floor)
 
     x0 = torch.zeros(batch, length, dtype=torch.long)
     result = diffusion_loss(model, x0, mask_token_id=vocab - 1, noise_epsilon=eps, mask_rate_floor=floor,
+                            mask_rate_ceiling=ceiling,
                             generator=torch.Generator().manual_seed(2))
     # Per row, loss <= max CE * #masked / (p L), whose second moment is 1 + Var(#masked / (p L)).
     max_ce = max(ce(i, length) for i in range(length))
@@ -246,12 +248,28 @@ def test_masked_mean_estimates_llada_discrete_bound():
     assert elbo == pytest.approx(discrete_bound, abs=4 * tolerance)
 
 
-def test_mask_rate_floor_keeps_every_rows_mask_rate_above_it():
-    x0 = torch.zeros(64, 512, dtype=torch.long)
-    result = diffusion_loss(PositionLogitsLM(torch.zeros(512, 3)), x0, mask_token_id=2, noise_epsilon=1e-3,
-                            antithetic=True, mask_rate_floor=0.5, generator=torch.Generator().manual_seed(4))
-    # t is stratified over [0.5, 1): the mean mask rate is ~0.75 (0.5 without the floor).
-    assert result.mask_ratio.item() == pytest.approx(0.75, abs=0.02)
+@pytest.mark.parametrize(("floor", "ceiling"), [(0.5, 1.0), (0.2, 0.6)])
+def test_every_rows_mask_rate_stays_between_floor_and_ceiling(floor, ceiling):
+    length = 512
+    x0 = torch.zeros(64, length, dtype=torch.long)
+    seen = []
+    model = PositionLogitsLM(torch.zeros(length, 3))
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].eq(2).float().mean(dim=1)))
+    result = diffusion_loss(model, x0, mask_token_id=2, noise_epsilon=1e-3, antithetic=True,
+                            mask_rate_floor=floor, mask_rate_ceiling=ceiling, generator=torch.Generator().manual_seed(4))
+    # t is stratified over [floor, ceiling): the mean mask rate is their midpoint (0.5 for LLaDA's [0, 1)),
+    # and each row's rate lies in the range up to binomial noise (sd <= 0.5 / sqrt(512) = 0.022).
+    assert result.mask_ratio.item() == pytest.approx((floor + ceiling) / 2, abs=0.02)
+    row_rates = seen[0]
+    assert row_rates.min() > floor - 0.07 and row_rates.max() < ceiling + 0.07
+    assert row_rates.max() - row_rates.min() > 0.8 * (ceiling - floor)
+
+
+@pytest.mark.parametrize(("floor", "ceiling"), [(0.5, 0.5), (0.6, 0.4), (-0.1, 1.0), (0.0, 1.1)])
+def test_mask_rate_range_must_be_nonempty_and_inside_0_1(floor, ceiling):
+    with pytest.raises(ValueError, match="mask_rate_floor"):
+        diffusion_loss(PositionLogitsLM(torch.zeros(8, 3)), torch.zeros(2, 8, dtype=torch.long), mask_token_id=2,
+                       noise_epsilon=1e-3, mask_rate_floor=floor, mask_rate_ceiling=ceiling)
 
 
 def test_antithetic_times_put_one_sample_in_each_stratum():
@@ -329,10 +347,15 @@ def test_same_generator_seed_gives_the_same_loss():
 def test_training_config_reaches_the_objective():
     model_cfg = ModelConfig(vocab_size=8, context_length=4, d_model=8, num_layers=1, num_heads=2, d_ff=16,
                             mask_token_id=7, eot_token_id=6)
-    training_cfg = TrainingConfig(batch_size=1, max_train_iteration=1, mask_rate_floor=0.2,
+    training_cfg = TrainingConfig(batch_size=1, max_train_iteration=1, mask_rate_floor=0.2, mask_rate_ceiling=0.8,
                                   loss_weighting="masked_mean")
     objective = build_objective(model_cfg, training_cfg)
-    assert (objective.mask_rate_floor, objective.weighting) == (0.2, "masked_mean")
+    assert (objective.mask_rate_floor, objective.mask_rate_ceiling, objective.weighting) == (0.2, 0.8, "masked_mean")
+
+
+def test_training_config_needs_floor_below_ceiling():
+    with pytest.raises(ValidationError, match=r"mask_rate_floor \(0.6\) must be < mask_rate_ceiling \(0.5\)"):
+        TrainingConfig(batch_size=1, max_train_iteration=1, mask_rate_floor=0.6, mask_rate_ceiling=0.5)
 
 
 def test_head_positions_list_every_masked_position_first_then_padding():

@@ -43,7 +43,8 @@ def test_tiny_model_memorises_tiny_corpus_and_reconstructs_masked_tokens():
                                     cosine_cycle_iters=1000, weight_decay=0.0, grad_clip_max_l2_norm=None)
     optimizer = build_optimizer(model, optimizer_cfg)
     objective = DiffusionObjective(mask_token_id=39, noise_epsilon=1e-3, random_trunc_prob=0.0, antithetic=True,
-                                   mask_rate_floor=0.0, weighting="elbo")
+                                   mask_rate_floor=0.0, mask_rate_ceiling=1.0,
+                                   weighting="elbo")
     settings = StepSettings(device=torch.device("cpu"), grad_accum_steps=1, optimizer_cfg=optimizer_cfg,
                             autocast=contextlib.nullcontext)
     generator = torch.Generator().manual_seed(0)

@@ -14,9 +14,11 @@ uniform on {0, ..., L}, so the row average is LLaDA's discrete-time form of the 
 A row with few masked tokens then weighs as much as any other instead of carrying a 1/p_mask
 factor that can reach 1/eps, which lowers the variance of the gradient.
 
-`mask_rate_floor` draws t from U[floor, 1) instead of U[0, 1): training leaves out the lowest
-masking rates, whose rows carry the fewest masked tokens. It changes what is trained, not how
-a model is scored: evaluation (`diffusionlm.diffusion.elbo`) integrates over the full range.
+`mask_rate_floor` and `mask_rate_ceiling` draw t from U[floor, ceiling) instead of U[0, 1):
+training leaves out the lowest masking rates, whose rows carry the fewest masked tokens, and
+the highest, where almost nothing is left to condition on and the best prediction is little
+more than the corpus's token frequencies. They change what is trained, not how a model is
+scored: evaluation (`diffusionlm.diffusion.elbo`) integrates over the full range.
 
 Only the masked positions go through the LM head: the unmasked ones carry no loss, and the
 (tokens x vocab) logits are the largest activation of the model, so materialising them for
@@ -133,26 +135,30 @@ def masked_token_loss(model: nn.Module, x0: torch.Tensor, noisy: torch.Tensor, i
 
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, noise_epsilon: float,
                    random_trunc_prob: float = 0.0, antithetic: bool = False,
-                   mask_rate_floor: float = 0.0, weighting: LossWeighting = "elbo",
+                   mask_rate_floor: float = 0.0, mask_rate_ceiling: float = 1.0, weighting: LossWeighting = "elbo",
                    prompt_lengths: torch.Tensor | None = None,
                    generator: NoiseGenerators | torch.Generator | None = None) -> DiffusionLoss:
     """Noise a clean batch x0 (B, L) with a fresh draw and return the masked-diffusion loss.
 
-    mask_rate_floor and weighting: see the module docstring (the defaults are LLaDA's estimator).
+    mask_rate_floor, mask_rate_ceiling and weighting: see the module docstring (the defaults are
+    LLaDA's estimator; 0 <= floor < ceiling <= 1).
     prompt_lengths: (B,) host ints for SFT. The first prompt_lengths[b] tokens of row b are
     the prompt: never masked, no loss, and the row's loss is normalised by its answer length.
     Random truncation is a pre-training trick and would cut answers away, so it cannot be
     combined with SFT. generator: the run's `NoiseGenerators`, or one CPU generator for both
     streams. Nothing here waits for the device.
     """
+    if not 0.0 <= mask_rate_floor < mask_rate_ceiling <= 1.0:
+        raise ValueError(f"need 0 <= mask_rate_floor < mask_rate_ceiling <= 1, "
+                         f"got {mask_rate_floor} and {mask_rate_ceiling}")
     if prompt_lengths is not None and random_trunc_prob > 0:
         raise ValueError("random_trunc_prob must be 0 in SFT mode (prompt_lengths given): truncation would cut answers")
     generators = NoiseGenerators.of(generator)
     x0 = random_truncate(x0, random_trunc_prob, generators.host)
     batch_size, length = x0.shape
     t = sample_times(batch_size, antithetic=antithetic, generator=generators.host, device="cpu")
-    if mask_rate_floor > 0:
-        t = mask_rate_floor + (1.0 - mask_rate_floor) * t
+    if (mask_rate_floor, mask_rate_ceiling) != (0.0, 1.0):
+        t = mask_rate_floor + (mask_rate_ceiling - mask_rate_floor) * t
     answer_lengths = None
     if prompt_lengths is not None:
         prompt_lengths = prompt_lengths.cpu()

@@ -35,6 +35,7 @@ class DiffusionObjective:
     random_trunc_prob: float
     antithetic: bool
     mask_rate_floor: float
+    mask_rate_ceiling: float
     weighting: LossWeighting
 
     def __call__(self, model: nn.Module, x0: torch.Tensor | SFTBatch,
@@ -45,7 +46,8 @@ class DiffusionObjective:
             x0, prompt_lengths = x0.ids, x0.prompt_lengths
         out = diffusion_loss(model, x0, mask_token_id=self.mask_token_id, noise_epsilon=self.noise_epsilon,
                              random_trunc_prob=self.random_trunc_prob, antithetic=self.antithetic,
-                             mask_rate_floor=self.mask_rate_floor, weighting=self.weighting,
+                             mask_rate_floor=self.mask_rate_floor, mask_rate_ceiling=self.mask_rate_ceiling,
+                             weighting=self.weighting,
                              prompt_lengths=prompt_lengths, generator=generator)
         return ObjectiveOutput(out.loss, out.mask_ratio)
 
@@ -68,4 +70,4 @@ def build_objective(model_cfg: ModelConfig, training_cfg: TrainingConfig) -> Obj
     return DiffusionObjective(mask_token_id=model_cfg.mask_token_id, noise_epsilon=training_cfg.noise_epsilon,
                               random_trunc_prob=training_cfg.random_trunc_prob,
                               antithetic=training_cfg.antithetic_time, mask_rate_floor=training_cfg.mask_rate_floor,
-                              weighting=training_cfg.loss_weighting)
+                              mask_rate_ceiling=training_cfg.mask_rate_ceiling, weighting=training_cfg.loss_weighting)

@@ -176,8 +176,8 @@ class TrainingConfig(Section):
         0.2, ge=0, lt=1, description="training draws t from U[floor, ceiling) (0 is LLaDA's; benchmarking/RESULTS.md "
                                      "has the measurement); evaluation still covers the full range")
     mask_rate_ceiling: float = Field(
-        1.0, gt=0, le=1, description="training draws t from U[floor, ceiling) (1 is LLaDA's); evaluation still "
-                                     "covers the full range")
+        0.9, gt=0, le=1, description="training draws t from U[floor, ceiling) (1 is LLaDA's; benchmarking/RESULTS.md "
+                                     "has the measurement); evaluation still covers the full range")
     loss_weighting: LossWeighting = Field(
         "elbo", description='"elbo": masked tokens weighted 1/p_mask; "masked_mean": averaged per sequence')
     nan_policy: Literal["stop", "skip"] = Field("stop", description="on a non-finite loss: stop, or skip the step")

@@ -157,8 +157,7 @@ def diffusion_loss(model: nn.Module, x0: torch.Tensor, *, mask_token_id: int, no
     x0 = random_truncate(x0, random_trunc_prob, generators.host)
     batch_size, length = x0.shape
     t = sample_times(batch_size, antithetic=antithetic, generator=generators.host, device="cpu")
-    if (mask_rate_floor, mask_rate_ceiling) != (0.0, 1.0):
-        t = mask_rate_floor + (mask_rate_ceiling - mask_rate_floor) * t
+    t = mask_rate_floor + (mask_rate_ceiling - mask_rate_floor) * t  # exactly t for LLaDA's [0, 1)
     answer_lengths = None
     if prompt_lengths is not None:
         prompt_lengths = prompt_lengths.cpu()

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from config.schemas import ModelConfig, OptimizerConfig
+from diffusionlm.models.layers import Linear
 from diffusionlm.models.transformer import TransformerLM
 from diffusionlm.training.optim import (
     NS_COEFFICIENTS,
@@ -194,6 +195,33 @@ def test_muon_adamw_groups_match_torch_adamw():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
+def test_muon_row_blocks_update_a_fused_matrix_as_its_separate_projections():
+    # a fused QKV weight with row_blocks=3 must move exactly as three separate matrices would;
+    # orthogonalising the stack whole (row_blocks=1) whitens the projections against each other
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(3 * 8, 16, generator=g)
+    fused = start.clone().requires_grad_()
+    whole = start.clone().requires_grad_()
+    parts = [block.clone().requires_grad_() for block in start.chunk(3)]
+    grads = _random_grads([(3 * 8, 16)], 6, seed=2)
+    settings = dict(lr=0.05, momentum=0.95, weight_decay=0.1, ns_dtype="float32")
+    _run(Muon([fused], row_blocks=3, **settings), [fused], grads)
+    _run(Muon([whole], **settings), [whole], grads)
+    _run(Muon(parts, **settings), parts, [list(step[0].chunk(3)) for step in grads])
+    torch.testing.assert_close(fused, torch.cat(parts), rtol=0, atol=1e-6)
+    assert (whole - fused).norm() > 0.1 * (fused - start).norm()
+
+
+def test_muon_rejects_row_blocks_that_do_not_split_the_rows():
+    with pytest.raises(ValueError, match="do not split into 3 blocks"):
+        Muon([torch.zeros(8, 4, requires_grad=True)], row_blocks=3)
+
+
+def test_linear_rejects_fused_outputs_that_do_not_split_its_rows():
+    with pytest.raises(ValueError, match="d_out 8 does not split into 3"):
+        Linear(4, 8, fused_outputs=3)
+
+
 def test_muon_rejects_a_non_matrix_in_a_muon_group():
     with pytest.raises(ValueError, match="2-D"):
         Muon([torch.zeros(4, requires_grad=True)])
@@ -285,7 +313,10 @@ def test_every_parameter_of_the_real_transformer_is_in_exactly_one_group(optimiz
         assert membership["embedding.weight"] == "embed" and membership["lm_head.weight"] == "head"
         matrices = [n for n, p in model.named_parameters()
                     if p.ndim == 2 and n not in ("embedding.weight", "lm_head.weight")]
-        assert matrices and all(membership[n] == "hidden" for n in matrices)
+        expected = {"qkv": "hidden_x3", "w13": "hidden_x2"}
+        assert matrices and all(membership[n] == expected.get(n.split(".")[-2], "hidden") for n in matrices)
+        assert {g["name"]: g["row_blocks"] for g in groups if g["use_muon"]} == {
+            "hidden": 1, "hidden_x2": 2, "hidden_x3": 3}
 
 
 def test_group_check_names_a_missing_parameter():

@@ -41,7 +41,7 @@ class SelfAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, out_init_scale: float = 1.0) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, d_model // num_heads
-        self.qkv = Linear(d_model, 3 * d_model)
+        self.qkv = Linear(d_model, 3 * d_model, fused_outputs=3)
         self.out = Linear(d_model, d_model, init_scale=out_init_scale)
 
     def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor

@@ -19,11 +19,15 @@ class Linear(nn.Module):
     Initialised from a normal with std `init_scale / sqrt(d_in)` truncated at 3 std: fan-in
     scaling keeps each output's variance equal to the input's whatever the width (a fixed
     std such as GPT-2's 0.02 starves small models: they learn markedly slower).
+    `fused_outputs` > 1 says W stacks that many projections of d_out / fused_outputs rows
+    (QKV: 3, SwiGLU's gate and up: 2), which Muon orthogonalises one by one.
     """
 
-    def __init__(self, d_in: int, d_out: int, init_scale: float = 1.0) -> None:
+    def __init__(self, d_in: int, d_out: int, init_scale: float = 1.0, fused_outputs: int = 1) -> None:
         super().__init__()
-        self.d_in, self.d_out = d_in, d_out
+        if d_out % fused_outputs:
+            raise ValueError(f"d_out {d_out} does not split into {fused_outputs} equal projections")
+        self.d_in, self.d_out, self.fused_outputs = d_in, d_out, fused_outputs
         self.weight = nn.Parameter(torch.empty(d_out, d_in, dtype=torch.float32))
         self.init_std = init_scale / math.sqrt(d_in)
         self.reset_parameters()
@@ -35,7 +39,8 @@ class Linear(nn.Module):
         return F.linear(x, self.weight)
 
     def extra_repr(self) -> str:
-        return f"d_in={self.d_in}, d_out={self.d_out}"
+        fused = f", fused_outputs={self.fused_outputs}" if self.fused_outputs > 1 else ""
+        return f"d_in={self.d_in}, d_out={self.d_out}{fused}"
 
 
 class Embedding(nn.Module):
@@ -81,7 +86,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, out_init_scale: float = 1.0) -> None:
         super().__init__()
-        self.w13 = Linear(d_model, 2 * d_ff)
+        self.w13 = Linear(d_model, 2 * d_ff, fused_outputs=2)
         self.w2 = Linear(d_ff, d_model, init_scale=out_init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

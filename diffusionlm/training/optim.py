@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from config.schemas import OptimizerConfig
+from diffusionlm.models.layers import Linear
 
 # Quintic Newton-Schulz coefficients (Jordan et al., 2024, "Muon"): chosen to maximise the
 # slope at 0 so small singular values grow fast; the iteration then oscillates in a band
@@ -136,6 +137,9 @@ class Muon(_AdamWStateMixin, torch.optim.Optimizer):
     Groups with `use_muon=True` take the Muon update: momentum buffer B <- mu B + (1 - mu) g,
     Nesterov look-ahead g + mu (B - g) (an EMA form; the orthogonalisation removes the scale),
     Newton-Schulz orthogonalisation, shape scale, decoupled weight decay p *= 1 - lr * wd.
+    A group's `row_blocks` = k says each of its matrices stacks k equal-height projections
+    (a fused QKV weight: 3); each block is orthogonalised and shape-scaled on its own, as if
+    the projections were separate matrices, not whitened against each other.
     Groups with `use_muon=False` take AdamW with their own betas/eps/weight_decay. One
     optimizer means one state_dict and one place the schedule writes learning rates.
     Same-shape matrices of a group are orthogonalised as one batched matmul.
@@ -143,9 +147,10 @@ class Muon(_AdamWStateMixin, torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  ns_dtype: str = "bfloat16", weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95),
-                 eps: float = 1e-8, use_muon: bool = True) -> None:
+                 eps: float = 1e-8, use_muon: bool = True, row_blocks: int = 1) -> None:
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, ns_dtype=ns_dtype,
-                        weight_decay=weight_decay, betas=tuple(betas), eps=eps, use_muon=use_muon)
+                        weight_decay=weight_decay, betas=tuple(betas), eps=eps, use_muon=use_muon,
+                        row_blocks=row_blocks)
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["ns_dtype"] not in _DTYPES:
@@ -155,6 +160,10 @@ class Muon(_AdamWStateMixin, torch.optim.Optimizer):
                     if p.ndim != 2:
                         raise ValueError(f"Muon group {group.get('name', '?')!r} holds a {p.ndim}-D parameter "
                                          f"of shape {tuple(p.shape)}; Muon only updates 2-D matrices")
+                    if p.shape[0] % group["row_blocks"]:
+                        raise ValueError(f"Muon group {group.get('name', '?')!r} holds a matrix of shape "
+                                         f"{tuple(p.shape)} whose rows do not split into "
+                                         f"{group['row_blocks']} blocks")
 
     def _update_group(self, group: dict) -> None:
         if group["use_muon"]:
@@ -180,14 +189,15 @@ class Muon(_AdamWStateMixin, torch.optim.Optimizer):
         by_shape: dict[torch.Size, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             by_shape[p.shape].append(i)
-        lr, weight_decay = group["lr"], group["weight_decay"]
+        lr, weight_decay, blocks = group["lr"], group["weight_decay"], group["row_blocks"]
         for shape, indices in by_shape.items():
-            stacked = torch.stack([updates[i] for i in indices])
+            block = torch.Size((shape[0] // blocks, shape[1]))
+            stacked = torch.stack([updates[i] for i in indices]).view(len(indices) * blocks, *block)
             orthogonal = orthogonalize(stacked, group["ns_steps"], _DTYPES[group["ns_dtype"]])
             shaped = [params[i] for i in indices]
             torch._foreach_mul_(shaped, 1.0 - lr * weight_decay)
-            torch._foreach_add_(shaped, list(orthogonal.to(shaped[0].dtype).unbind(0)),
-                                alpha=-lr * muon_shape_scale(shape))
+            torch._foreach_add_(shaped, list(orthogonal.to(shaped[0].dtype).view(len(indices), *shape).unbind(0)),
+                                alpha=-lr * muon_shape_scale(block))
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -219,9 +229,13 @@ def _adamw_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
 
 def _muon_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     """embed = token embedding, head = lm_head, scalar = every param with ndim < 2, hidden =
-    every other 2-D matrix anywhere in the model (not only inside the blocks)."""
+    every other 2-D matrix anywhere in the model (not only inside the blocks). Hidden weights
+    of a `Linear` that fuses k projections go to a group `hidden_x<k>` with `row_blocks` = k
+    and the hidden settings, so Muon orthogonalises each projection on its own."""
     embedding, head = _params_of(model, "embedding"), _params_of(model, "lm_head")
-    members: dict[str, list[nn.Parameter]] = {"hidden": [], "head": [], "embed": [], "scalar": []}
+    fused = {id(m.weight): m.fused_outputs for m in model.modules() if isinstance(m, Linear)}
+    members: dict[str, list[nn.Parameter]] = {"head": [], "embed": [], "scalar": []}
+    hidden_members: dict[int, list[nn.Parameter]] = defaultdict(list)
     for name, p in _trainable(model).items():
         if id(p) in embedding:
             members["embed"].append(p)
@@ -230,16 +244,18 @@ def _muon_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
         elif p.ndim < 2:
             members["scalar"].append(p)
         elif p.ndim == 2:
-            members["hidden"].append(p)
+            hidden_members[fused.get(id(p), 1)].append(p)
         else:
             raise ValueError(f"parameter {name!r} has shape {tuple(p.shape)}; "
                              f"Muon grouping handles 0-, 1- and 2-D parameters only")
 
     muon = cfg.muon
     hidden = muon.hidden
-    groups = [dict(name="hidden", params=members["hidden"], use_muon=True, lr=hidden.max_learning_rate,
-                   max_lr=hidden.max_learning_rate, momentum=hidden.momentum, nesterov=hidden.nesterov,
-                   ns_steps=hidden.ns_steps, ns_dtype=hidden.ns_dtype, weight_decay=hidden.weight_decay)]
+    groups = [dict(name="hidden" if blocks == 1 else f"hidden_x{blocks}", params=hidden_members[blocks],
+                   use_muon=True, row_blocks=blocks, lr=hidden.max_learning_rate, max_lr=hidden.max_learning_rate,
+                   momentum=hidden.momentum, nesterov=hidden.nesterov, ns_steps=hidden.ns_steps,
+                   ns_dtype=hidden.ns_dtype, weight_decay=hidden.weight_decay)
+              for blocks in sorted(hidden_members)]
     for name in ("head", "embed", "scalar"):
         group_cfg = getattr(muon, name)
         groups.append(dict(name=name, params=members[name], use_muon=False, lr=group_cfg.max_learning_rate,

@@ -117,8 +117,8 @@ class MuonConfig(Section):
     """`[optimizer.muon.*]`: one Muon group for hidden matrices and three AdamW groups."""
 
     hidden: MuonGroupConfig = Field(default_factory=MuonGroupConfig)
-    head: AdamWGroupConfig = Field(default_factory=lambda: AdamWGroupConfig(max_learning_rate=0.004))
-    embed: AdamWGroupConfig = Field(default_factory=lambda: AdamWGroupConfig(max_learning_rate=0.05))
+    head: AdamWGroupConfig = Field(default_factory=lambda: AdamWGroupConfig(max_learning_rate=0.008))
+    embed: AdamWGroupConfig = Field(default_factory=lambda: AdamWGroupConfig(max_learning_rate=0.1))
     scalar: AdamWGroupConfig = Field(default_factory=lambda: AdamWGroupConfig(max_learning_rate=0.004))
 
 
